@@ -1,0 +1,142 @@
+"""Wires the stages together for ``pme-exporter run``; the only place that builds them."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+
+from confluent_kafka import Consumer
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+
+from pme_exporter.buffers import Batch
+from pme_exporter.consumer import ConsumerLoop, consumer_config, kafka_error_counter
+from pme_exporter.errors import is_retryable
+from pme_exporter.flusher import Flusher
+from pme_exporter.metrics import HealthServer, Metrics
+from pme_exporter.migrate import migrate
+from pme_exporter.settings import Settings
+from pme_exporter.sink import FlushReport, PostgresSink, count_outcomes
+
+log = logging.getLogger("pme_exporter")
+
+STARTUP_DB_WAIT_S = 60.0
+
+
+def tune_gc() -> None:
+    """Buffered rows are many small, long-lived containers; generational GC would rescan them
+    constantly (decoding ran 4x slower with it, see README Performance). Startup objects are
+    frozen out of collection and young-generation collections made rarer."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+
+
+def migrate_with_retry(settings: Settings) -> list[str]:
+    for attempt in Retrying(
+        retry=retry_if_exception(is_retryable),
+        wait=wait_exponential_jitter(initial=0.5, max=5),
+        stop=stop_after_delay(STARTUP_DB_WAIT_S),
+        reraise=True,
+        before_sleep=lambda s: log.warning("[DB-EXPORTER] Database not reachable yet, retrying..."),
+    ):
+        with attempt:
+            return migrate(settings.conninfo())
+    raise AssertionError("unreachable")
+
+
+class Readiness:
+    """``/readyz``: Kafka and PostgreSQL answer, and no flush has been retrying past the threshold."""
+
+    def __init__(self, *, consumer: Consumer, sink: PostgresSink, flusher: Flusher, topic: str, max_retry_s: float):
+        self._consumer = consumer
+        self._sink = sink
+        self._flusher = flusher
+        self._topic = topic
+        self._max_retry_s = max_retry_s
+
+    def __call__(self) -> tuple[bool, str]:
+        since = self._flusher.retrying_since
+        if since is not None and time.monotonic() - since > self._max_retry_s:
+            return False, f"database writes failing for {time.monotonic() - since:.0f}s"
+        try:
+            self._sink.ping()
+        except Exception as exc:
+            return False, f"database: {exc}"
+        try:
+            self._consumer.list_topics(self._topic, timeout=2.0)
+        except Exception as exc:
+            return False, f"kafka: {exc}"
+        return True, "ready"
+
+
+def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | None = None) -> None:
+    """Runs until ``stop`` is set; raises on fatal errors (the CLI maps them to exit codes)."""
+    metrics = metrics or Metrics()
+    log.info("[DB-EXPORTER] Starting Database Exporter Service...")
+    log.info("[DB-EXPORTER] Kafka: %s, topic %s, group %s", settings.kafka_url, settings.kafka_topic, settings.kafka_group_id)
+    log.info("[DB-EXPORTER] Database: %s", settings.db_target())
+    applied = migrate_with_retry(settings)
+    log.info("[DB-EXPORTER] Database schema ready (%d migrations applied now)", len(applied))
+
+    sink = PostgresSink(conninfo=settings.conninfo(), topic=settings.kafka_topic)
+
+    def on_report(batch: Batch, report: FlushReport) -> None:
+        metrics.record_flush(batch, report, time.time())
+        totals = count_outcomes(report)
+        dead = len(batch.dead_letters) + len(report.dead_letters)
+        log.info(
+            "[DB-EXPORTER] Flushed %d events in %.0f ms (commit %.0f ms): %d inserted, %d updated, "
+            "%d stale, %d duplicate, %d parked, %d dead letters",
+            batch.size,
+            report.total_s * 1000,
+            report.commit_s * 1000,
+            totals["inserted"],
+            totals["updated"],
+            totals["stale"],
+            totals["duplicate"],
+            totals["parked"],
+            dead,
+        )
+
+    flusher = Flusher(sink, on_report=on_report, on_retry=lambda exc: metrics.db_retries.inc())
+    config = consumer_config(settings.kafka_config())
+    config["error_cb"] = kafka_error_counter(metrics)
+    consumer = Consumer(config)
+    health = None
+    if settings.metrics_port:
+        health = HealthServer(
+            metrics,
+            port=settings.metrics_port,
+            ready=Readiness(
+                consumer=consumer,
+                sink=sink,
+                flusher=flusher,
+                topic=settings.kafka_topic,
+                max_retry_s=settings.ready_max_retry_s,
+            ),
+        )
+        health.start()
+        log.info("[DB-EXPORTER] Metrics and probes on :%d (/metrics, /healthz, /readyz)", health.port)
+    loop = ConsumerLoop(
+        consumer=consumer,
+        topic=settings.kafka_topic,
+        sink=sink,
+        flusher=flusher,
+        metrics=metrics,
+        max_batch_events=settings.max_batch_events,
+        flush_interval_ms=settings.flush_interval_ms,
+        max_buffered_events=settings.max_buffered_events,
+        shutdown_deadline_s=settings.shutdown_deadline_s,
+    )
+    tune_gc()
+    log.info("[DB-EXPORTER] Database Exporter Service started")
+    try:
+        loop.run(stop)
+    finally:
+        flusher.close()
+        sink.close(timeout_s=5.0)
+        if health is not None:
+            health.close()
+        log.info("[DB-EXPORTER] Database Exporter Service stopped")

@@ -1,0 +1,109 @@
+"""Per-table buffers of one batch, filled by the consumer thread.
+
+A ``Batch`` is owned by one thread at a time: the consumer fills it, hands it
+to the flusher, and starts a new one. Nothing in it is shared, so no locks.
+The bound is the caller's: it checks ``size`` against ``max_buffered_events``
+and pauses its partitions when the batch is full and the flusher busy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pme_exporter.decode import Decoder
+from pme_exporter.errors import DecodeError
+from pme_exporter.schema import TableSpec
+
+
+class Message(Protocol):
+    """The part of ``confluent_kafka.Message`` the exporter reads."""
+
+    def value(self) -> bytes | None: ...
+    def key(self) -> bytes | None: ...
+    def partition(self) -> int: ...
+    def offset(self) -> int: ...
+    def timestamp(self) -> tuple[int, int]: ...
+
+
+# (partition, offset, key, value) of the message behind a staged row, kept so a
+# row the database refuses can become a dead letter with its raw bytes.
+Source = tuple[int, int, bytes | None, bytes]
+# (seq, src_partition, src_offset, ts, *columns): one staging row, COPY text.
+Row = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    stage: str  # 'decode' or 'database'
+    reason: str  # short class for metrics: 'unknown_type', 'sqlstate_22001', ...
+    error: str
+    sqlstate: str | None = None
+
+
+@dataclass
+class TableRows:
+    spec: TableSpec
+    rows: list[Row] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
+
+    def add(self, partition: int, offset: int, key: bytes | None, value: bytes, fields: list[str | None]) -> None:
+        self.rows.append((len(self.rows), partition, offset, *fields))
+        self.sources.append((partition, offset, key, value))
+
+
+@dataclass
+class Batch:
+    decoder: Decoder
+    clock: Any = time.monotonic
+    tables: dict[str, TableRows] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    events_by_type: Counter[str] = field(default_factory=Counter)
+    size: int = 0
+    tombstones: int = 0
+    started_at: float | None = None
+    newest_event_ms: int = 0
+
+    def add(self, messages: list[Message]) -> None:
+        """Decodes and buffers messages; invalid ones become dead letters, never exceptions."""
+        if not messages:
+            return
+        if self.started_at is None:
+            self.started_at = self.clock()
+        decode = self.decoder.decode
+        tables = self.tables
+        next_offsets = self.next_offsets
+        by_type = self.events_by_type
+        for msg in messages:
+            partition = msg.partition()
+            offset = msg.offset()
+            next_offsets[partition] = offset + 1
+            value = msg.value()
+            if value is None:
+                self.tombstones += 1
+                continue
+            try:
+                spec, fields = decode(value)
+            except DecodeError as exc:
+                self.dead_letters.append(
+                    DeadLetter(partition, offset, msg.key(), value, "decode", exc.reason, exc.detail)
+                )
+                by_type["invalid"] += 1
+                continue
+            by_type[spec.event_type] += 1
+            buf = tables.get(spec.table)
+            if buf is None:
+                buf = tables[spec.table] = TableRows(spec)
+            buf.add(partition, offset, msg.key(), value, fields)
+        self.size += len(messages)
+        self.newest_event_ms = max(self.newest_event_ms, messages[-1].timestamp()[1])
+
+    def age_s(self) -> float:
+        return 0.0 if self.started_at is None else self.clock() - self.started_at

@@ -1,0 +1,300 @@
+"""The consumer loop: Kafka -> per-table buffers -> flusher, with offsets committed after the database.
+
+Contract of ``ConsumerLoop.run(stop)``: it runs on the calling thread, which
+owns the Kafka consumer (rebalance callbacks run here too), until ``stop`` is
+set; then it stops polling, flushes what it holds within the shutdown
+deadline, commits, and closes. It raises ``FatalError`` when it cannot go on.
+
+Offsets: ``exporter_offsets`` in PostgreSQL is the truth, written in the
+flush's own transaction; on assignment the consumer seeks there, so a crash
+between the database commit and the Kafka commit replays nothing. Kafka
+commits follow each flush for the benefit of lag tooling.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, TopicPartition
+
+from pme_exporter.buffers import Batch
+from pme_exporter.decode import Decoder
+from pme_exporter.errors import RetryableError
+from pme_exporter.flusher import FlushFailed, Flusher
+from pme_exporter.metrics import Metrics
+from pme_exporter.sink import Sink
+
+log = logging.getLogger(__name__)
+
+_POLL_TIMEOUT_S = 0.1
+_MAX_POLL_MESSAGES = 5_000
+_LAG_EVERY_S = 1.0
+
+
+class FatalError(Exception):
+    """The loop cannot continue; the process should exit and be restarted."""
+
+
+def consumer_config(base: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **base,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        # librdkafka prefetches up to this much per consumer; it bounds our memory.
+        "queued.max.messages.kbytes": 32_768,
+        "fetch.wait.max.ms": 100,
+    }
+
+
+class ConsumerLoop:
+    def __init__(
+        self,
+        *,
+        consumer: Consumer,
+        topic: str,
+        sink: Sink,
+        flusher: Flusher,
+        metrics: Metrics,
+        max_batch_events: int,
+        flush_interval_ms: int,
+        max_buffered_events: int,
+        shutdown_deadline_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._consumer = consumer
+        self._topic = topic
+        self._sink = sink
+        self._flusher = flusher
+        self._metrics = metrics
+        self._decoder = Decoder()
+        self._max_batch = max_batch_events
+        self._interval_s = flush_interval_ms / 1000.0
+        self._max_buffered = max_buffered_events
+        self._deadline_s = shutdown_deadline_s
+        self._clock = clock
+        self._batch = self._new_batch()
+        self._inflight_offsets: dict[int, int] | None = None
+        self._inflight_newest_ms = 0
+        self._exported: dict[int, int] = {}  # partition -> next offset stored in PostgreSQL
+        self._newest_exported_ms = 0
+        self._assigned: set[int] = set()
+        self._paused_since: float | None = None
+        self._last_flush_at = clock()
+        self._parked_waiting = 0
+        self._stop: threading.Event | None = None
+        metrics.buffer_capacity.set(max_buffered_events)
+
+    # -- public -------------------------------------------------------------
+    @property
+    def assigned(self) -> frozenset[int]:
+        return frozenset(self._assigned)
+
+    def run(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._consumer.subscribe(
+            [self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        next_lag_at = 0.0
+        try:
+            while not stop.is_set():
+                self._collect()
+                self._maybe_flush()
+                room = self._max_buffered - self._batch.size
+                messages = self._consumer.consume(
+                    num_messages=max(1, min(room, _MAX_POLL_MESSAGES)), timeout=_POLL_TIMEOUT_S
+                )
+                if messages:
+                    self._add(messages)
+                now = self._clock()
+                if now >= next_lag_at:
+                    self._update_lag()
+                    next_lag_at = now + _LAG_EVERY_S
+        finally:
+            self._shutdown()
+
+    # -- the data path ------------------------------------------------------
+    def _new_batch(self) -> Batch:
+        return Batch(decoder=self._decoder, clock=self._clock)
+
+    def _add(self, messages: list[Any]) -> None:
+        good = messages
+        if any(m.error() is not None for m in messages):
+            good = []
+            for m in messages:
+                err = m.error()
+                if err is None:
+                    good.append(m)
+                else:
+                    self._metrics.kafka_errors.labels(err.name()).inc()
+                    log.warning("[DB-EXPORTER] Kafka error: %s", err)
+        self._batch.add(good)
+        self._metrics.buffered_events.set(self._batch.size)
+
+    def _maybe_flush(self) -> None:
+        batch = self._batch
+        now = self._clock()
+        due = batch.size >= self._max_batch or (batch.size > 0 and batch.age_s() >= self._interval_s)
+        # Parked children are re-checked on every flush; keep flushing while some wait.
+        due = due or (self._parked_waiting > 0 and now - self._last_flush_at >= self._interval_s)
+        if due and self._flusher.idle():
+            self._submit()
+        elif batch.size >= self._max_buffered and self._paused_since is None:
+            self._pause()
+
+    def _submit(self) -> None:
+        batch, self._batch = self._batch, self._new_batch()
+        self._inflight_offsets = dict(batch.next_offsets)
+        self._inflight_newest_ms = batch.newest_event_ms
+        self._last_flush_at = self._clock()
+        self._flusher.submit(batch)
+        self._metrics.buffered_events.set(0)
+        if self._paused_since is not None:
+            self._resume()
+
+    def _collect(self) -> None:
+        """Takes a finished flush's report and commits its offsets to Kafka."""
+        try:
+            report = self._flusher.take_result()
+        except FlushFailed as exc:
+            raise FatalError(f"a batch could not be written: {exc}") from exc
+        if report is None:
+            return
+        offsets, self._inflight_offsets = self._inflight_offsets or {}, None
+        self._parked_waiting = report.parked_waiting
+        self._newest_exported_ms = max(self._newest_exported_ms, self._inflight_newest_ms)
+        for partition, next_offset in offsets.items():
+            self._exported[partition] = max(self._exported.get(partition, 0), next_offset)
+        to_commit = [TopicPartition(self._topic, p, o) for p, o in offsets.items() if p in self._assigned]
+        if to_commit:
+            try:
+                self._consumer.commit(offsets=to_commit, asynchronous=True)
+            except Exception as exc:  # PostgreSQL holds the truth; a failed Kafka commit costs nothing
+                log.debug("Kafka commit failed: %s", exc)
+
+    def _drain(self, deadline: float) -> bool:
+        """Writes everything held (in flight and buffered); True if all of it committed."""
+        if not self._flusher.wait_idle(max(0.0, deadline - self._clock())):
+            return False
+        self._collect()
+        if self._batch.size > 0:
+            self._submit()
+            if not self._flusher.wait_idle(max(0.0, deadline - self._clock())):
+                return False
+            self._collect()
+        return True
+
+    # -- backpressure -------------------------------------------------------
+    def _pause(self) -> None:
+        self._paused_since = self._clock()
+        assignment = self._consumer.assignment()
+        if assignment:
+            self._consumer.pause(assignment)
+
+    def _resume(self) -> None:
+        if self._paused_since is not None:
+            self._metrics.paused_seconds.inc(self._clock() - self._paused_since)
+        self._paused_since = None
+        assignment = self._consumer.assignment()
+        if assignment:
+            self._consumer.resume(assignment)
+
+    # -- rebalance callbacks (run inside consume()) ---------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = [tp.partition for tp in partitions]
+        stored = self._stored_offsets(numbers)
+        for tp in partitions:
+            tp.offset = stored.get(tp.partition, OFFSET_INVALID)
+            if tp.partition in stored:
+                self._exported[tp.partition] = stored[tp.partition]
+        consumer.incremental_assign(partitions)
+        if self._paused_since is not None:
+            consumer.pause(partitions)
+        self._assigned.update(numbers)
+        log.info("[DB-EXPORTER] Assigned partitions %s, resuming at %s", sorted(numbers), stored)
+
+    def _stored_offsets(self, partitions: list[int]) -> dict[int, int]:
+        delay = 0.2
+        while True:
+            try:
+                return self._sink.stored_offsets(partitions)
+            except RetryableError as exc:
+                if self._stop is not None and self._stop.is_set():
+                    raise FatalError("stopping while the database was unreachable") from exc
+                self._metrics.db_retries.inc()
+                log.warning("[DB-EXPORTER] Reading stored offsets failed, retrying: %s", exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = sorted(tp.partition for tp in partitions)
+        if not self._drain(self._clock() + self._deadline_s):
+            # The new owner reads from exporter_offsets, so nothing is lost; but our
+            # buffer may mix partitions we keep, so restart cleanly rather than guess.
+            raise FatalError(f"could not flush before giving up partitions {numbers}")
+        self._assigned.difference_update(numbers)
+        for p in numbers:
+            self._forget_lag(p)
+        log.info("[DB-EXPORTER] Revoked partitions %s after flushing", numbers)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost, not revoked: another member may own them already. Drop what we
+        # hold; it is not committed, and the owner re-reads it from exporter_offsets.
+        numbers = sorted(tp.partition for tp in partitions)
+        self._batch = self._new_batch()
+        self._assigned.difference_update(numbers)
+        log.warning("[DB-EXPORTER] Lost partitions %s; dropped the unflushed buffer", numbers)
+
+    # -- lag ------------------------------------------------------------------
+    def _forget_lag(self, partition: int) -> None:
+        try:
+            self._metrics.lag_messages.remove(str(partition))
+        except KeyError:  # no lag was ever reported for it
+            pass
+
+    def _update_lag(self) -> None:
+        total = 0
+        for p in sorted(self._assigned):
+            try:
+                _low, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, p), cached=True)
+            except Exception:  # a partition in flux; the next round tells
+                continue
+            if high < 0 or p not in self._exported:
+                continue
+            lag = max(0, high - self._exported[p])
+            total += lag
+            self._metrics.lag_messages.labels(str(p)).set(lag)
+        if total == 0 or self._newest_exported_ms == 0:
+            self._metrics.lag_seconds.set(0)
+        else:
+            self._metrics.lag_seconds.set(max(0.0, time.time() - self._newest_exported_ms / 1000.0))
+
+    # -- shutdown -------------------------------------------------------------
+    def _shutdown(self) -> None:
+        deadline = self._clock() + self._deadline_s
+        try:
+            if not self._drain(deadline):
+                log.warning("[DB-EXPORTER] Shutdown deadline passed; unflushed events will be read again")
+                self._flusher.abandon()
+        except FatalError as exc:
+            log.error("[DB-EXPORTER] %s", exc)
+        committed = [TopicPartition(self._topic, p, o) for p, o in self._exported.items() if p in self._assigned]
+        if committed:
+            try:
+                self._consumer.commit(offsets=committed, asynchronous=False)
+            except Exception as exc:
+                log.debug("final Kafka commit failed: %s", exc)
+        self._consumer.close()
+
+
+def kafka_error_counter(metrics: Metrics) -> Callable[[KafkaError], None]:
+    def on_error(err: KafkaError) -> None:
+        metrics.kafka_errors.labels(err.name()).inc()
+        log.warning("[DB-EXPORTER] Kafka client error: %s", err)
+
+    return on_error

@@ -1,0 +1,76 @@
+"""How a failure is handled is decided here, by type and SQLSTATE class, never by message text.
+
+- ``ConfigError``: bad settings; the process exits with ``EXIT_CONFIG``.
+- ``DecodeError``: one message is invalid; it becomes a dead letter.
+- ``RetryableError``: the database or broker is away or asked us to try again;
+  the batch is retried with backoff and nothing is committed meanwhile.
+- a row the database refuses (SQLSTATE class 22 data or 23 integrity) is
+  isolated and dead-lettered by the sink; see ``is_row_error``.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+# Exit codes, distinct so an orchestrator can tell a bad config from a lost database.
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_DATABASE = 4
+EXIT_KAFKA = 5
+EXIT_MIGRATION = 6
+
+# SQLSTATE classes (first two characters) and codes that a retry can cure.
+_RETRYABLE_CLASSES = frozenset({"08", "53", "57", "58"})  # connection, resources, operator, system
+_RETRYABLE_CODES = frozenset({"40001", "40P01", "55P03"})  # serialization, deadlock, lock timeout
+_ROW_ERROR_CLASSES = frozenset({"22", "23"})  # data exception, integrity violation
+
+
+class ExporterError(Exception):
+    """Base of the exporter's own errors."""
+
+
+class ConfigError(ExporterError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+class DecodeError(ExporterError):
+    """A message cannot become a row; ``reason`` is a short class for metrics."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class RetryableError(ExporterError):
+    """A transient failure: retry the whole batch later; nothing was committed."""
+
+
+class MigrationError(ExporterError):
+    """A migration could not be applied, or an applied one was changed."""
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    return getattr(exc, "sqlstate", None) if isinstance(exc, psycopg.Error) else None
+
+
+def is_row_error(exc: BaseException) -> bool:
+    """True when the database refused the data itself (class 22 or 23)."""
+    state = sqlstate_of(exc)
+    return state is not None and state[:2] in _ROW_ERROR_CLASSES
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for failures that a later attempt can cure.
+
+    A connection that broke has no SQLSTATE at all (``OperationalError`` raised
+    by libpq, or ``InterfaceError`` on a closed connection), so those count too.
+    """
+    if isinstance(exc, RetryableError):
+        return True
+    state = sqlstate_of(exc)
+    if state is None:
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    return state in _RETRYABLE_CODES or state[:2] in _RETRYABLE_CLASSES

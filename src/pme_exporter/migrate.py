@@ -1,0 +1,90 @@
+"""Applies ``sql/NNN_*.sql`` in order, once each, recorded with checksums.
+
+Two workers starting at once serialise on a session advisory lock; the second
+finds everything applied. A file that changed after it was applied is refused:
+fix forward with a new file instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import psycopg
+
+from pme_exporter.errors import MigrationError
+
+log = logging.getLogger(__name__)
+
+# pg_advisory_lock key: "pme-exporter migrations", stable across releases.
+_LOCK_KEY = 0x706D_655F_6D69_67
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def sql_dir() -> Path:
+    """``sql/`` beside the sources in a checkout, or the copy packed into the wheel."""
+    packed = resources.files("pme_exporter") / "sql"
+    if packed.is_dir():
+        return Path(str(packed))
+    return Path(__file__).resolve().parents[2] / "sql"
+
+
+def load_migrations(directory: Path | None = None) -> list[Migration]:
+    directory = directory or sql_dir()
+    migrations = []
+    for path in sorted(directory.glob("[0-9][0-9][0-9]_*.sql")):
+        version, _, name = path.stem.partition("_")
+        migrations.append(Migration(version, name, path.read_text(encoding="utf-8")))
+    if not migrations:
+        raise MigrationError(f"no migration files found in {directory}")
+    return migrations
+
+
+def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
+    """Applies pending migrations; returns the versions applied now."""
+    migrations = load_migrations(directory)
+    applied_now = []
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version TEXT PRIMARY KEY,
+                    name TEXT NOT NULL,
+                    checksum TEXT NOT NULL,
+                    applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
+            )
+            done = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            for m in migrations:
+                if m.version in done:
+                    if done[m.version] != m.checksum:
+                        raise MigrationError(
+                            f"migration {m.version}_{m.name}.sql was changed after it was applied "
+                            f"(checksum {done[m.version][:12]} in the database, {m.checksum[:12]} on disk); "
+                            "add a new migration instead of editing an applied one"
+                        )
+                    continue
+                with conn.transaction():
+                    conn.execute(m.sql.encode())
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                        (m.version, m.name, m.checksum),
+                    )
+                log.info("[DB-EXPORTER] Applied migration %s_%s", m.version, m.name)
+                applied_now.append(m.version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    return applied_now

@@ -1,0 +1,240 @@
+"""The ledger's event types and their tables, defined once.
+
+Decoding (``decode``), SQL generation (``sqlgen``), the migrations' checks and
+the tests all read these definitions. The DDL itself lives in ``sql/``; a unit
+test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Kind(Enum):
+    """How a JSON value becomes COPY text; PostgreSQL then checks it against the column."""
+
+    INTEGER = "integer"  # BIGINT / INT: JSON integer, or a string of digits
+    DECIMAL = "decimal"  # NUMERIC(p,s): string or number, kept exactly as written
+    TEXT = "text"  # VARCHAR(n) / TEXT: string
+    BOOLEAN = "boolean"  # true / false
+    DATE = "date"  # "YYYY-MM-DD"
+    TIME = "time"  # "HH:MM:SS[.ffffff]"
+    TIMESTAMPTZ = "timestamptz"  # RFC 3339 with an offset or Z
+
+
+class WriteMode(Enum):
+    UPSERT = "upsert"  # one row per key; the event with the greatest (ts, partition, offset) wins
+    APPEND = "append"  # one row per Kafka message, unique on (src_partition, src_offset)
+
+
+# The SQL type each kind is cast to from staging text before the INSERT's own
+# assignment cast applies the column's typmod (VARCHAR length, NUMERIC scale).
+# Casting text to varchar(n) explicitly would truncate silently; assignment raises.
+CAST_TYPE = {
+    Kind.INTEGER: "bigint",
+    Kind.DECIMAL: "numeric",
+    Kind.TEXT: "text",
+    Kind.BOOLEAN: "boolean",
+    Kind.DATE: "date",
+    Kind.TIME: "time",
+    Kind.TIMESTAMPTZ: "timestamptz",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    sql_type: str
+    kind: Kind
+    # Filled from the envelope's ``ts`` when ``data`` does not give it.
+    defaults_to_event_time: bool = False
+
+
+@dataclass(frozen=True)
+class ParentRef:
+    """A foreign key: ``column`` of the child references ``table.key`` of a parent."""
+
+    column: str
+    table: str
+    key: str
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    event_type: str
+    table: str
+    mode: WriteMode
+    key: str | None  # the required field: upsert key, or the append table's required field
+    columns: tuple[Column, ...]
+    parents: tuple[ParentRef, ...] = ()
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def is_child(self) -> bool:
+        return bool(self.parents)
+
+
+def _c(name: str, sql_type: str, kind: Kind, from_ts: bool = False) -> Column:
+    return Column(name, sql_type, kind, from_ts)
+
+
+_CODE = "VARCHAR(20)"
+_AMOUNT = "NUMERIC(20,2)"
+_RATE = "NUMERIC(12,6)"
+I, D, T, B = Kind.INTEGER, Kind.DECIMAL, Kind.TEXT, Kind.BOOLEAN
+TSZ = Kind.TIMESTAMPTZ
+
+TABLES: tuple[TableSpec, ...] = (
+    TableSpec(
+        "Participant",
+        "participants",
+        WriteMode.UPSERT,
+        "code",
+        (_c("code", _CODE, T), _c("name", "VARCHAR(255)", T)),
+    ),
+    TableSpec(
+        "Account",
+        "accounts",
+        WriteMode.UPSERT,
+        "code",
+        (
+            _c("code", _CODE, T),
+            _c("participant_code", _CODE, T),
+            _c("sid", "VARCHAR(50)", T),
+            _c("trade_limit", _AMOUNT, D),
+            _c("pool_limit", _AMOUNT, D),
+        ),
+    ),
+    TableSpec(
+        "Instrument",
+        "instruments",
+        WriteMode.UPSERT,
+        "code",
+        (_c("code", _CODE, T), _c("name", "VARCHAR(255)", T), _c("status", "VARCHAR(20)", T)),
+    ),
+    TableSpec(
+        "Order",
+        "orders",
+        WriteMode.UPSERT,
+        "nid",
+        (
+            _c("nid", "BIGINT", I),
+            _c("account_code", _CODE, T),
+            _c("instrument_code", _CODE, T),
+            _c("side", "VARCHAR(4)", T),
+            _c("quantity", _AMOUNT, D),
+            _c("quantity_left", _AMOUNT, D),
+            _c("periode", "INT", I),
+            _c("state", "VARCHAR(1)", T),
+            _c("settlement_date", "DATE", Kind.DATE),
+            _c("aro_status", "BOOLEAN", B),
+            _c("reff_request_id", "VARCHAR(50)", T),
+        ),
+    ),
+    TableSpec(
+        "Trade",
+        "trades",
+        WriteMode.UPSERT,
+        "nid",
+        (
+            _c("nid", "BIGINT", I),
+            _c("kpei_reff", "VARCHAR(50)", T),
+            _c("instrument_code", _CODE, T),
+            _c("quantity", _AMOUNT, D),
+            _c("periode", "INT", I),
+            _c("state", "VARCHAR(1)", T),
+            _c("matched_at", "TIMESTAMPTZ", TSZ),
+            _c("reimburse_at", "TIMESTAMPTZ", TSZ),
+            _c("fee_flat_rate", _RATE, D),
+            _c("fee_borr_rate", _RATE, D),
+            _c("fee_lend_rate", _RATE, D),
+        ),
+    ),
+    TableSpec(
+        "Contract",
+        "contracts",
+        WriteMode.UPSERT,
+        "nid",
+        (
+            _c("nid", "BIGINT", I),
+            _c("trade_nid", "BIGINT", I),
+            _c("order_nid", "BIGINT", I),
+            _c("kpei_reff", "VARCHAR(50)", T),
+            _c("account_code", _CODE, T),
+            _c("instrument_code", _CODE, T),
+            _c("side", "VARCHAR(4)", T),
+            _c("quantity", _AMOUNT, D),
+            _c("state", "VARCHAR(1)", T),
+            _c("matched_at", "TIMESTAMPTZ", TSZ),
+            _c("reimburse_at", "TIMESTAMPTZ", TSZ),
+            _c("fee_flat_val", _AMOUNT, D),
+            _c("fee_val_daily", _AMOUNT, D),
+        ),
+        parents=(ParentRef("trade_nid", "trades", "nid"), ParentRef("order_nid", "orders", "nid")),
+    ),
+    TableSpec(
+        "OrderAck",
+        "order_acks",
+        WriteMode.APPEND,
+        "order_nid",
+        (_c("order_nid", "BIGINT", I), _c("acknowledged_at", "TIMESTAMPTZ", TSZ, from_ts=True)),
+        parents=(ParentRef("order_nid", "orders", "nid"),),
+    ),
+    TableSpec(
+        "OrderNak",
+        "order_naks",
+        WriteMode.APPEND,
+        "order_nid",
+        (
+            _c("order_nid", "BIGINT", I),
+            _c("message", "TEXT", T),
+            _c("rejected_at", "TIMESTAMPTZ", TSZ, from_ts=True),
+        ),
+        parents=(ParentRef("order_nid", "orders", "nid"),),
+    ),
+    TableSpec(
+        "Parameter",
+        "parameters",
+        WriteMode.APPEND,
+        None,
+        (
+            _c("fee_flat_rate", _RATE, D),
+            _c("fee_borr_rate", _RATE, D),
+            _c("fee_lend_rate", _RATE, D),
+            _c("auto_match_flag", "BOOLEAN", B),
+            _c("effective_from", "TIMESTAMPTZ", TSZ),
+        ),
+    ),
+    TableSpec(
+        "Holiday",
+        "holidays",
+        WriteMode.UPSERT,
+        "nid",
+        (_c("nid", "BIGINT", I), _c("date", "DATE", Kind.DATE), _c("description", "VARCHAR(255)", T)),
+    ),
+    TableSpec(
+        "SessionTime",
+        "session_times",
+        WriteMode.APPEND,
+        None,
+        (
+            _c("pre_opening_time", "TIME", Kind.TIME),
+            _c("opening_time", "TIME", Kind.TIME),
+            _c("closing_time", "TIME", Kind.TIME),
+            _c("effective_from", "TIMESTAMPTZ", TSZ),
+        ),
+    ),
+)
+
+BY_EVENT_TYPE: dict[str, TableSpec] = {spec.event_type: spec for spec in TABLES}
+BY_TABLE: dict[str, TableSpec] = {spec.table: spec for spec in TABLES}
+
+# Parents are written before children in every flush, so a child whose parent
+# arrives in the same batch finds it; TABLES is already in that order.
+FLUSH_ORDER: tuple[TableSpec, ...] = TABLES
+# The columns of exporter_parked_children that hold a waiting child's parent keys.
+PARKED_PARENT_COLUMNS: tuple[str, ...] = ("trade_nid", "order_nid")

@@ -1,0 +1,213 @@
+"""The one settings object, read from the environment at the edge of the program.
+
+Inner classes take explicit keyword arguments and never read the environment.
+Secrets (``DB_PASSWORD``, ``KAFKA_SASL_PASSWORD``, the password inside
+``DATABASE_URL``) never reach ``repr``, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pme_exporter.errors import ConfigError
+
+T = TypeVar("T")
+
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_url: str = "localhost:9092"
+    kafka_topic: str = "pme-ledger"
+    kafka_group_id: str = "pme-exporter"
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = field(default=None, repr=False)
+    kafka_ssl_ca_location: str | None = None
+    kafka_ssl_certificate_location: str | None = None
+    kafka_ssl_key_location: str | None = None
+    db_host: str = "localhost"
+    db_port: int = 5432
+    db_user: str = "postgres"
+    db_password: str = field(default="", repr=False)
+    db_name: str = "pme"
+    db_sslmode: str = "prefer"
+    database_url: str | None = field(default=None, repr=False)
+    max_batch_events: int = 20_000
+    flush_interval_ms: int = 500
+    max_buffered_events: int = 60_000
+    metrics_port: int = 9108
+    log_level: str = "INFO"
+    shutdown_deadline_s: float = 30.0
+    ready_max_retry_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        _check(self.max_batch_events >= 1, "PME_MAX_BATCH_EVENTS", "must be at least 1")
+        _check(self.flush_interval_ms >= 1, "PME_FLUSH_INTERVAL_MS", "must be at least 1")
+        _check(
+            self.max_buffered_events >= self.max_batch_events,
+            "PME_MAX_BUFFERED_EVENTS",
+            f"must be at least PME_MAX_BATCH_EVENTS ({self.max_batch_events})",
+        )
+        _check(0 <= self.metrics_port <= 65535, "PME_METRICS_PORT", "must be a port from 0 to 65535")
+        _check(1 <= self.db_port <= 65535, "DB_PORT", "must be a port from 1 to 65535")
+        _check(self.shutdown_deadline_s > 0, "PME_SHUTDOWN_DEADLINE_S", "must be positive")
+        _check(self.ready_max_retry_s > 0, "PME_READY_MAX_RETRY_S", "must be positive")
+        _check(self.db_sslmode in _SSLMODES, "DB_SSLMODE", f"must be one of {', '.join(_SSLMODES)}")
+        _check(self.log_level in _LOG_LEVELS, "PME_LOG_LEVEL", f"must be one of {', '.join(_LOG_LEVELS)}")
+        _check(bool(self.kafka_url.strip()), "KAFKA_URL", "must name at least one broker host:port")
+        for broker in self.kafka_url.split(","):
+            host, sep, port = broker.strip().rpartition(":")
+            _check(
+                bool(sep and host and port.isdigit()),
+                "KAFKA_URL",
+                f"broker {broker.strip()!r} is not host:port",
+            )
+        _check(bool(self.kafka_topic.strip()), "KAFKA_TOPIC", "must not be empty")
+        _check(bool(self.kafka_group_id.strip()), "PME_GROUP_ID", "must not be empty")
+        _check(
+            self.kafka_security_protocol in _KAFKA_PROTOCOLS,
+            "KAFKA_SECURITY_PROTOCOL",
+            f"must be one of {', '.join(_KAFKA_PROTOCOLS)}",
+        )
+        if self.kafka_security_protocol.startswith("SASL"):
+            _check(
+                self.kafka_sasl_mechanism in _SASL_MECHANISMS,
+                "KAFKA_SASL_MECHANISM",
+                f"must be one of {', '.join(_SASL_MECHANISMS)} when KAFKA_SECURITY_PROTOCOL is SASL_*",
+            )
+        if self.database_url is not None:
+            parts = urlsplit(self.database_url)
+            _check(
+                parts.scheme in ("postgres", "postgresql"),
+                "DATABASE_URL",
+                "must start with postgresql:// (the value is not shown: it may hold a password)",
+            )
+
+    def conninfo(self) -> str:
+        """The libpq connection string; contains the password, so never log it."""
+        if self.database_url is not None:
+            try:
+                return make_conninfo(self.database_url, application_name="pme-exporter")
+            except Exception as exc:
+                raise ConfigError("DATABASE_URL: cannot be parsed as a PostgreSQL URL") from exc
+        return make_conninfo(
+            host=self.db_host,
+            port=self.db_port,
+            user=self.db_user,
+            password=self.db_password or None,
+            dbname=self.db_name,
+            sslmode=self.db_sslmode,
+            application_name="pme-exporter",
+            connect_timeout=10,
+        )
+
+    def db_target(self) -> str:
+        """Where the database is, for log lines: host, port and name, no secrets."""
+        info = conninfo_to_dict(self.conninfo())
+        return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+    def kafka_config(self) -> dict[str, Any]:
+        """librdkafka settings for the consumer; the caller adds callbacks."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_url,
+            "group.id": self.kafka_group_id,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        optional = {
+            "sasl.mechanism": self.kafka_sasl_mechanism,
+            "sasl.username": self.kafka_sasl_username,
+            "sasl.password": self.kafka_sasl_password,
+            "ssl.ca.location": self.kafka_ssl_ca_location,
+            "ssl.certificate.location": self.kafka_ssl_certificate_location,
+            "ssl.key.location": self.kafka_ssl_key_location,
+        }
+        config.update({k: v for k, v in optional.items() if v is not None})
+        return config
+
+    @property
+    def log_level_number(self) -> int:
+        return int(logging.getLevelName(self.log_level))
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Builds settings from environment variables; raises ConfigError naming the bad one."""
+        values: dict[str, Any] = {}
+        for name, attr, parse in _VARIABLES:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[attr] = parse(raw)
+            except ValueError:
+                shown = "(hidden)" if attr in _SECRET_ATTRS else repr(raw)
+                raise ConfigError(f"{name}: {shown} is not a valid {_KIND[parse]}") from None
+        return cls(**values)
+
+
+def _check(ok: bool, variable: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{variable}: {problem}")
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _upper(raw: str) -> str:
+    return raw.strip().upper()
+
+
+def _positive_float(raw: str) -> float:
+    return float(raw)
+
+
+_KIND: dict[Callable[[str], Any], str] = {int: "whole number", _text: "text", _upper: "text"}
+_KIND[_positive_float] = "number"
+_SECRET_ATTRS = frozenset({"db_password", "kafka_sasl_password", "database_url"})
+
+# (environment variable, Settings attribute, parser); README documents each.
+_VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
+    ("KAFKA_URL", "kafka_url", _text),
+    ("KAFKA_TOPIC", "kafka_topic", _text),
+    ("PME_GROUP_ID", "kafka_group_id", _text),
+    ("KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol", _upper),
+    ("KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism", _upper),
+    ("KAFKA_SASL_USERNAME", "kafka_sasl_username", _text),
+    ("KAFKA_SASL_PASSWORD", "kafka_sasl_password", str),
+    ("KAFKA_SSL_CA_LOCATION", "kafka_ssl_ca_location", _text),
+    ("KAFKA_SSL_CERTIFICATE_LOCATION", "kafka_ssl_certificate_location", _text),
+    ("KAFKA_SSL_KEY_LOCATION", "kafka_ssl_key_location", _text),
+    ("DB_HOST", "db_host", _text),
+    ("DB_PORT", "db_port", int),
+    ("DB_USER", "db_user", _text),
+    ("DB_PASSWORD", "db_password", str),
+    ("DB_NAME", "db_name", _text),
+    ("DB_SSLMODE", "db_sslmode", _text),
+    ("DATABASE_URL", "database_url", _text),
+    ("PME_MAX_BATCH_EVENTS", "max_batch_events", int),
+    ("PME_FLUSH_INTERVAL_MS", "flush_interval_ms", int),
+    ("PME_MAX_BUFFERED_EVENTS", "max_buffered_events", int),
+    ("PME_METRICS_PORT", "metrics_port", int),
+    ("PME_LOG_LEVEL", "log_level", _upper),
+    ("PME_SHUTDOWN_DEADLINE_S", "shutdown_deadline_s", _positive_float),
+    ("PME_READY_MAX_RETRY_S", "ready_max_retry_s", _positive_float),
+)
+_KIND[str] = "text"
+
+ENVIRONMENT_VARIABLES = tuple((name, attr) for name, attr, _ in _VARIABLES)

@@ -1,0 +1,303 @@
+"""The sink: one batch into PostgreSQL in one transaction, offsets included.
+
+Contract of ``Sink.write(batch)``:
+- all or nothing: the batch's rows, its dead letters, its parked children and
+  its ``exporter_offsets`` rows commit together, or nothing does;
+- a row PostgreSQL refuses (SQLSTATE class 22 or 23) does not fail the batch:
+  it is isolated by bisection and written to ``exporter_dead_letters``;
+- a transient failure (connection lost, serialization failure, deadlock, ...)
+  raises ``RetryableError``; nothing was committed and the same batch may be
+  written again; any other database error propagates unchanged (a bug);
+- writing a batch twice, or batches in any order, yields the same tables.
+It may block for as long as the database takes; it is called from one thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from pme_exporter.buffers import Batch, DeadLetter, TableRows
+from pme_exporter.decode import Decoder
+from pme_exporter.errors import DecodeError, RetryableError, is_retryable, is_row_error, sqlstate_of
+from pme_exporter.schema import FLUSH_ORDER, PARKED_PARENT_COLUMNS, TableSpec
+from pme_exporter.sqlgen import TableStatements, statements_for
+
+
+@dataclass
+class TableOutcome:
+    inserted: int = 0
+    updated: int = 0
+    stale: int = 0  # upsert events that lost to a newer event (in the batch or stored)
+    duplicate: int = 0  # append events already stored (a replay)
+    parked: int = 0  # children waiting for their parent
+    adopted: int = 0  # parked children applied because their parent arrived
+    copy_s: float = 0.0
+    apply_s: float = 0.0
+
+
+@dataclass
+class FlushReport:
+    tables: dict[str, TableOutcome] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    parked_waiting: int = 0
+    commit_s: float = 0.0
+    total_s: float = 0.0
+
+
+class Sink(Protocol):
+    def write(self, batch: Batch) -> FlushReport:
+        """Writes ``batch`` in one transaction; see the module docstring."""
+        ...
+
+    def stored_offsets(self, partitions: list[int]) -> dict[int, int]:
+        """Next offset to read per partition, for the partitions that have one stored."""
+        ...
+
+    def ping(self) -> None:
+        """Raises if the database cannot be reached now."""
+        ...
+
+    def close(self, timeout_s: float) -> None: ...
+
+
+_INSERT_DEAD_LETTER = """
+INSERT INTO exporter_dead_letters (topic, partition, "offset", msg_key, msg_value, stage, reason, sqlstate, error)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (topic, partition, "offset") DO NOTHING"""
+
+_PARK = f"""
+INSERT INTO exporter_parked_children
+    (topic, partition, "offset", table_name, {", ".join(PARKED_PARENT_COLUMNS)}, msg_key, msg_value)
+VALUES (%s, %s, %s, %s, {", ".join("%s" for _ in PARKED_PARENT_COLUMNS)}, %s, %s)
+ON CONFLICT (topic, partition, "offset") DO NOTHING"""
+
+_SAVE_OFFSETS = """
+INSERT INTO exporter_offsets (topic, partition, next_offset)
+SELECT %s, p, o FROM unnest(%s::int[], %s::bigint[]) AS u(p, o)
+ON CONFLICT (topic, partition) DO UPDATE
+SET next_offset = GREATEST(exporter_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()"""
+
+
+class PostgresSink:
+    def __init__(self, *, conninfo: str, topic: str, pool_max_size: int = 3) -> None:
+        self._topic = topic
+        self._statements = {spec.table: statements_for(spec) for spec in FLUSH_ORDER}
+        self._decoder = Decoder()
+        self._pool = ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=pool_max_size,
+            open=False,
+            configure=self._configure,
+            check=ConnectionPool.check_connection,
+            name="pme-exporter",
+        )
+        self._pool.open(wait=False)
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        # Staging tables live per connection and empty themselves at each commit.
+        with conn.cursor() as cur:
+            for stmts in self._statements.values():
+                cur.execute(stmts.create_staging)
+        conn.commit()
+
+    def ping(self) -> None:
+        try:
+            with self._pool.connection(timeout=5) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            raise RetryableError(f"database unreachable: {type(exc).__name__}") from exc
+
+    def stored_offsets(self, partitions: list[int]) -> dict[int, int]:
+        try:
+            with self._pool.connection(timeout=10) as conn:
+                rows = conn.execute(
+                    "SELECT partition, next_offset FROM exporter_offsets WHERE topic = %s AND partition = ANY(%s)",
+                    (self._topic, partitions),
+                ).fetchall()
+        except psycopg.Error as exc:
+            if is_retryable(exc):
+                raise RetryableError(f"reading stored offsets failed: {type(exc).__name__}") from exc
+            raise
+        return {int(p): int(o) for p, o in rows}
+
+    def write(self, batch: Batch) -> FlushReport:
+        started = time.perf_counter()
+        report = FlushReport()
+        try:
+            with self._pool.connection(timeout=10) as conn:
+                with conn.transaction():
+                    with conn.cursor() as cur:
+                        for spec in FLUSH_ORDER:
+                            self._write_table(conn, cur, spec, batch, report)
+                        dead = batch.dead_letters + report.dead_letters
+                        if dead:
+                            cur.executemany(
+                                _INSERT_DEAD_LETTER,
+                                [
+                                    (self._topic, d.partition, d.offset, d.key, d.value, d.stage, d.reason)
+                                    + (d.sqlstate, d.error)
+                                    for d in dead
+                                ],
+                            )
+                        if batch.next_offsets:
+                            parts = list(batch.next_offsets)
+                            cur.execute(
+                                _SAVE_OFFSETS, (self._topic, parts, [batch.next_offsets[p] for p in parts])
+                            )
+                        row = cur.execute("SELECT count(*) FROM exporter_parked_children").fetchone()
+                        report.parked_waiting = int(row[0]) if row else 0
+                    commit_started = time.perf_counter()
+                report.commit_s = time.perf_counter() - commit_started
+        except psycopg.Error as exc:
+            if is_retryable(exc):
+                raise RetryableError(f"flush failed, will retry: {type(exc).__name__}: {exc}") from exc
+            raise
+        report.total_s = time.perf_counter() - started
+        return report
+
+    def _write_table(
+        self,
+        conn: psycopg.Connection[Any],
+        cur: psycopg.Cursor[Any],
+        spec: TableSpec,
+        batch: Batch,
+        report: FlushReport,
+    ) -> None:
+        stmts = self._statements[spec.table]
+        rows = batch.tables.get(spec.table)
+        outcome = TableOutcome()
+        if stmts.adopt_parked is not None:
+            adopted = self._adopt_parked(cur, stmts, spec, rows, report)
+            if adopted is not None:
+                rows = adopted
+                outcome.adopted = len(adopted.rows) - len(batch.tables.get(spec.table, TableRows(spec)).rows)
+        if rows is None or not rows.rows:
+            if outcome.adopted:
+                report.tables[spec.table] = outcome
+            return
+        t0 = time.perf_counter()
+        with cur.copy(stmts.copy) as copy:
+            for r in rows.rows:
+                copy.write_row(r)
+        t1 = time.perf_counter()
+        self._apply(conn, cur, stmts, rows, 0, len(rows.rows) - 1, outcome, report)
+        outcome.copy_s = t1 - t0
+        outcome.apply_s = time.perf_counter() - t1
+        report.tables[spec.table] = outcome
+
+    def _adopt_parked(
+        self,
+        cur: psycopg.Cursor[Any],
+        stmts: TableStatements,
+        spec: TableSpec,
+        rows: TableRows | None,
+        report: FlushReport,
+    ) -> TableRows | None:
+        """Moves parked children whose parents are now stored into this batch's rows."""
+        assert stmts.adopt_parked is not None
+        parked = cur.execute(stmts.adopt_parked).fetchall()
+        if not parked:
+            return None
+        merged = TableRows(spec, list(rows.rows), list(rows.sources)) if rows else TableRows(spec)
+        for partition, offset, key, value in parked:
+            value = bytes(value)
+            key = bytes(key) if key is not None else None
+            try:
+                decoded_spec, fields = self._decoder.decode(value)
+            except DecodeError as exc:  # cannot happen unless the contract changed under a parked row
+                report.dead_letters.append(
+                    DeadLetter(partition, offset, key, value, "decode", exc.reason, exc.detail)
+                )
+                continue
+            if decoded_spec.table == spec.table:
+                merged.add(partition, offset, key, value, fields)
+        return merged
+
+    def _apply(
+        self,
+        conn: psycopg.Connection[Any],
+        cur: psycopg.Cursor[Any],
+        stmts: TableStatements,
+        rows: TableRows,
+        lo: int,
+        hi: int,
+        outcome: TableOutcome,
+        report: FlushReport,
+    ) -> None:
+        """Applies staging rows lo..hi; on a row error, bisects so only the bad rows are dead-lettered."""
+        try:
+            with conn.transaction():
+                parked = self._park_orphans(cur, stmts, rows, lo, hi)
+                counts = cur.execute(stmts.apply, {"lo": lo, "hi": hi}).fetchone()
+        except psycopg.Error as exc:
+            if not is_row_error(exc):
+                raise
+            if lo == hi:
+                partition, offset, key, value = rows.sources[lo]
+                state = sqlstate_of(exc)
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                report.dead_letters.append(
+                    DeadLetter(
+                        partition,
+                        offset,
+                        key,
+                        value,
+                        "database",
+                        f"sqlstate_{state}",
+                        f"{rows.spec.table}: {message}",
+                        state,
+                    )
+                )
+                return
+            mid = (lo + hi) // 2
+            self._apply(conn, cur, stmts, rows, lo, mid, outcome, report)
+            self._apply(conn, cur, stmts, rows, mid + 1, hi, outcome, report)
+            return
+        assert counts is not None
+        inserted, updated, staged, ready = (int(c) for c in counts)
+        outcome.inserted += inserted
+        outcome.updated += updated
+        outcome.parked += parked
+        if rows.spec.key is not None and rows.spec.mode.value == "upsert":
+            outcome.stale += ready - inserted - updated
+        else:
+            outcome.duplicate += ready - inserted
+        del staged
+
+    def _park_orphans(
+        self, cur: psycopg.Cursor[Any], stmts: TableStatements, rows: TableRows, lo: int, hi: int
+    ) -> int:
+        if stmts.orphans is None:
+            return 0
+        orphans = cur.execute(stmts.orphans, {"lo": lo, "hi": hi}).fetchall()
+        if orphans:
+            park = []
+            for seq, *parent_keys in orphans:
+                partition, offset, key, value = rows.sources[seq]
+                park.append((self._topic, partition, offset, rows.spec.table, *parent_keys, key, value))
+            cur.executemany(_PARK, park)
+        return len(orphans)
+
+    def close(self, timeout_s: float) -> None:
+        self._pool.close(timeout=timeout_s)
+
+
+def count_outcomes(report: FlushReport) -> Counter[str]:
+    """Totals over all tables, for log lines."""
+    totals: Counter[str] = Counter()
+    for outcome in report.tables.values():
+        totals.update(
+            inserted=outcome.inserted,
+            updated=outcome.updated,
+            stale=outcome.stale,
+            duplicate=outcome.duplicate,
+            parked=outcome.parked,
+        )
+    return totals

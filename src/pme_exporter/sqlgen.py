@@ -1,0 +1,135 @@
+"""Set-based statements generated from ``schema.TABLES``.
+
+Every statement works on one table's staging rows ``seq BETWEEN %(lo)s AND
+%(hi)s``, so the sink can run a whole batch at once or, when PostgreSQL refuses
+a row, bisect the range to find it. Staging columns are all text: COPY never
+fails on content, and the casts below raise the SQLSTATE that names the fault.
+
+Upsert rule (spec section 3): per key the event with the greatest
+``(ts, src_partition, src_offset)`` wins, in the batch and against the stored
+row; ``created_at`` is the least ``ts`` ever seen. Applying any split of the
+events in any order therefore gives the same rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pme_exporter.schema import CAST_TYPE, PARKED_PARENT_COLUMNS, TableSpec, WriteMode
+
+LINEAGE = ("seq", "src_partition", "src_offset", "ts")
+
+
+@dataclass(frozen=True)
+class TableStatements:
+    create_staging: str
+    copy: str
+    apply: str  # returns one row: (inserted, updated, staged, ready)
+    orphans: str | None  # child tables: returns (seq, parent keys...) of rows whose parent is missing
+    adopt_parked: str | None  # child tables: deletes and returns parked rows whose parents arrived
+
+
+def staging_table(spec: TableSpec) -> str:
+    return f"stg_{spec.table}"
+
+
+def _src_cte(spec: TableSpec) -> str:
+    casts = ",\n        ".join(f"s.{c.name}::{CAST_TYPE[c.kind]} AS {c.name}" for c in spec.columns)
+    return f"""src AS (
+    SELECT s.seq, s.src_partition, s.src_offset, s.ts::timestamptz AS ts,
+        {casts}
+    FROM {staging_table(spec)} s
+    WHERE s.seq BETWEEN %(lo)s AND %(hi)s
+)"""
+
+
+def _parents_present(spec: TableSpec, alias: str) -> str:
+    return " AND ".join(
+        f"({alias}.{p.column} IS NULL OR EXISTS (SELECT 1 FROM {p.table} p WHERE p.{p.key} = {alias}.{p.column}))"
+        for p in spec.parents
+    )
+
+
+def _ready_cte(spec: TableSpec) -> str:
+    where = _parents_present(spec, "src") if spec.is_child else "true"
+    return f"ready AS (SELECT * FROM src WHERE {where})"
+
+
+def _upsert(spec: TableSpec) -> str:
+    key = spec.key
+    cols = spec.column_names
+    data_cols = [c for c in cols if c != key]
+    wins = "(t.updated_at, t.src_partition, t.src_offset) < (EXCLUDED.updated_at, EXCLUDED.src_partition, EXCLUDED.src_offset)"
+    sets = ",\n        ".join(
+        [f"{c} = CASE WHEN {wins} THEN EXCLUDED.{c} ELSE t.{c} END" for c in data_cols]
+        + [
+            f"{c} = CASE WHEN {wins} THEN EXCLUDED.{c} ELSE t.{c} END"
+            for c in ("updated_at", "src_partition", "src_offset")
+        ]
+        + [
+            f"exported_at = CASE WHEN {wins} THEN now() ELSE t.exported_at END",
+            "created_at = LEAST(t.created_at, EXCLUDED.created_at)",
+        ]
+    )
+    return f"""WITH {_src_cte(spec)},
+{_ready_cte(spec)},
+winners AS (
+    SELECT DISTINCT ON ({key}) *, min(ts) OVER (PARTITION BY {key}) AS first_ts
+    FROM ready
+    ORDER BY {key}, ts DESC, src_partition DESC, src_offset DESC
+),
+written AS (
+    INSERT INTO {spec.table} AS t ({", ".join(cols)}, created_at, updated_at, src_partition, src_offset)
+    SELECT {", ".join(cols)}, first_ts, ts, src_partition, src_offset FROM winners
+    ON CONFLICT ({key}) DO UPDATE SET
+        {sets}
+    WHERE {wins} OR EXCLUDED.created_at < t.created_at
+    RETURNING (xmax = 0) AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted),
+    (SELECT count(*) FROM src), (SELECT count(*) FROM ready)
+FROM written"""
+
+
+def _append(spec: TableSpec) -> str:
+    cols = spec.column_names
+    return f"""WITH {_src_cte(spec)},
+{_ready_cte(spec)},
+written AS (
+    INSERT INTO {spec.table} ({", ".join(cols)}, created_at, src_partition, src_offset)
+    SELECT {", ".join(cols)}, ts, src_partition, src_offset FROM ready
+    ON CONFLICT (src_partition, src_offset) DO NOTHING
+    RETURNING 1
+)
+SELECT count(*), 0, (SELECT count(*) FROM src), (SELECT count(*) FROM ready) FROM written"""
+
+
+def _orphans(spec: TableSpec) -> str:
+    keys = ", ".join(
+        f"src.{c}" if c in spec.column_names else f"NULL::bigint AS {c}" for c in PARKED_PARENT_COLUMNS
+    )
+    return f"""WITH {_src_cte(spec)}
+SELECT src.seq, {keys} FROM src WHERE NOT ({_parents_present(spec, "src")})"""
+
+
+def _adopt_parked(spec: TableSpec) -> str:
+    return f"""DELETE FROM exporter_parked_children pc
+WHERE pc.table_name = '{spec.table}' AND {_parents_present(spec, "pc")}
+RETURNING pc.partition, pc."offset", pc.msg_key, pc.msg_value"""
+
+
+def statements_for(spec: TableSpec) -> TableStatements:
+    stg_cols = ", ".join(LINEAGE + spec.column_names)
+    typed = ", ".join(
+        ["seq int", "src_partition int", "src_offset bigint", "ts text"]
+        + [f"{c} text" for c in spec.column_names]
+    )
+    return TableStatements(
+        create_staging=(
+            f"CREATE TEMP TABLE IF NOT EXISTS {staging_table(spec)} ({typed}) ON COMMIT DELETE ROWS"
+        ),
+        copy=f"COPY {staging_table(spec)} ({stg_cols}) FROM STDIN",
+        apply=_upsert(spec) if spec.mode is WriteMode.UPSERT else _append(spec),
+        orphans=_orphans(spec) if spec.is_child else None,
+        adopt_parked=_adopt_parked(spec) if spec.is_child else None,
+    )
