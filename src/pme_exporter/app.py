@@ -49,7 +49,9 @@ def migrate_with_retry(settings: Settings) -> list[str]:
 class Readiness:
     """``/readyz``: Kafka and PostgreSQL answer, and no flush has been retrying past the threshold."""
 
-    def __init__(self, *, consumer: Consumer, sink: PostgresSink, flusher: Flusher, topic: str, max_retry_s: float):
+    def __init__(
+        self, *, consumer: Consumer, sink: PostgresSink, flusher: Flusher, topic: str, max_retry_s: float
+    ):
         self._consumer = consumer
         self._sink = sink
         self._flusher = flusher
@@ -75,7 +77,12 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
     """Runs until ``stop`` is set; raises on fatal errors (the CLI maps them to exit codes)."""
     metrics = metrics or Metrics()
     log.info("[DB-EXPORTER] Starting Database Exporter Service...")
-    log.info("[DB-EXPORTER] Kafka: %s, topic %s, group %s", settings.kafka_url, settings.kafka_topic, settings.kafka_group_id)
+    log.info(
+        "[DB-EXPORTER] Kafka: %s, topic %s, group %s",
+        settings.kafka_url,
+        settings.kafka_topic,
+        settings.kafka_group_id,
+    )
     log.info("[DB-EXPORTER] Database: %s", settings.db_target())
     applied = migrate_with_retry(settings)
     log.info("[DB-EXPORTER] Database schema ready (%d migrations applied now)", len(applied))

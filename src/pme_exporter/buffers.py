@@ -53,7 +53,9 @@ class TableRows:
     rows: list[Row] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
 
-    def add(self, partition: int, offset: int, key: bytes | None, value: bytes, fields: list[str | None]) -> None:
+    def add(
+        self, partition: int, offset: int, key: bytes | None, value: bytes, fields: list[str | None]
+    ) -> None:
         self.rows.append((len(self.rows), partition, offset, *fields))
         self.sources.append((partition, offset, key, value))
 

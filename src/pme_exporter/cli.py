@@ -41,8 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="consume the ledger topic and keep PostgreSQL in step (the worker)")
     sub.add_parser("migrate", help="apply the SQL migrations in sql/ and exit")
-    demo = sub.add_parser("demo", help="start the local stack, export a generated trading day, print what landed")
-    demo.add_argument("--orders", type=_positive_int, default=2_000, help="orders in the generated day (default 2000)")
+    demo = sub.add_parser(
+        "demo", help="start the local stack, export a generated trading day, print what landed"
+    )
+    demo.add_argument(
+        "--orders", type=_positive_int, default=2_000, help="orders in the generated day (default 2000)"
+    )
     demo.add_argument("--seed", type=int, default=7, help="random seed of the generated day")
     return parser
 

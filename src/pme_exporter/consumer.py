@@ -13,6 +13,7 @@ commits follow each flush for the benefit of lag tooling.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, TopicPartition
 from pme_exporter.buffers import Batch
 from pme_exporter.decode import Decoder
 from pme_exporter.errors import RetryableError
-from pme_exporter.flusher import FlushFailed, Flusher
+from pme_exporter.flusher import Flusher, FlushFailed
 from pme_exporter.metrics import Metrics
 from pme_exporter.sink import Sink
 
@@ -252,17 +253,16 @@ class ConsumerLoop:
 
     # -- lag ------------------------------------------------------------------
     def _forget_lag(self, partition: int) -> None:
-        try:
+        with contextlib.suppress(KeyError):  # no lag was ever reported for it
             self._metrics.lag_messages.remove(str(partition))
-        except KeyError:  # no lag was ever reported for it
-            pass
 
     def _update_lag(self) -> None:
         total = 0
         for p in sorted(self._assigned):
             try:
                 _low, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, p), cached=True)
-            except Exception:  # a partition in flux; the next round tells
+            except Exception as exc:  # a partition in flux; the next round tells
+                log.debug("watermarks of partition %d unavailable: %s", p, exc)
                 continue
             if high < 0 or p not in self._exported:
                 continue
@@ -283,7 +283,9 @@ class ConsumerLoop:
                 self._flusher.abandon()
         except FatalError as exc:
             log.error("[DB-EXPORTER] %s", exc)
-        committed = [TopicPartition(self._topic, p, o) for p, o in self._exported.items() if p in self._assigned]
+        committed = [
+            TopicPartition(self._topic, p, o) for p, o in self._exported.items() if p in self._assigned
+        ]
         if committed:
             try:
                 self._consumer.commit(offsets=committed, asynchronous=False)

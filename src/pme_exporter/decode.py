@@ -54,9 +54,12 @@ class Decoder:
         if plan is None:
             raise DecodeError("unknown_type", f"unknown event type {event_type!r}")
         spec, columns = plan
+        event_type = spec.event_type
         ts = envelope.get("ts")
         if type(ts) is not str or not _has_zone(ts):
-            raise DecodeError("invalid_ts", f"{event_type}: ts {ts!r} is not an RFC 3339 timestamp with a zone")
+            raise DecodeError(
+                "invalid_ts", f"{event_type}: ts {ts!r} is not an RFC 3339 timestamp with a zone"
+            )
         data = envelope.get("data")
         if type(data) is not dict:
             raise DecodeError("missing_data", f"{event_type}: data is missing or not an object")
@@ -72,13 +75,14 @@ class Decoder:
             elif type(v) is str and kind is not Kind.BOOLEAN:
                 if kind is Kind.TIMESTAMPTZ and not _has_zone(v):
                     raise DecodeError(
-                        "invalid_value", f"{event_type}.{name}: {v!r} is not an RFC 3339 timestamp with a zone"
+                        "invalid_value",
+                        f"{event_type}.{name}: {v!r} is not an RFC 3339 timestamp with a zone",
                     )
                 append(v)
             else:
                 append(_convert(event_type, name, kind, v, value))
         if _NUL_ESCAPE in value:
-            _reject_nul(event_type, fields)
+            _reject_nul(str(event_type), fields)
         return spec, fields
 
 

@@ -45,9 +45,25 @@ def trading_day(orders: int, seed: int = 7, *, invalid: bool = False) -> Iterato
 
     participants = [f"P{i:02d}" for i in range(1, 11)]
     accounts = [f"ACC{i:04d}" for i in range(1, 81)]
-    instruments = ["BBCA", "BBRI", "BMRI", "TLKM", "ASII", "UNVR", "ICBP", "GOTO", "ADRO", "ANTM", "INCO", "PGAS"]
+    instruments = [
+        "BBCA",
+        "BBRI",
+        "BMRI",
+        "TLKM",
+        "ASII",
+        "UNVR",
+        "ICBP",
+        "GOTO",
+        "ADRO",
+        "ANTM",
+        "INCO",
+        "PGAS",
+    ]
     for code in participants:
-        yield _key("Participant", code), envelope("Participant", tick(), {"code": code, "name": f"Broker {code}"})
+        yield (
+            _key("Participant", code),
+            envelope("Participant", tick(), {"code": code, "name": f"Broker {code}"}),
+        )
     for code in accounts:
         data = {
             "code": code,
@@ -58,14 +74,28 @@ def trading_day(orders: int, seed: int = 7, *, invalid: bool = False) -> Iterato
         }
         yield _key("Account", code), envelope("Account", tick(), data)
     for code in instruments:
-        yield _key("Instrument", code), envelope("Instrument", tick(), {"code": code, "name": f"{code} Tbk", "status": "A"})
+        yield (
+            _key("Instrument", code),
+            envelope("Instrument", tick(), {"code": code, "name": f"{code} Tbk", "status": "A"}),
+        )
     for nid, day in enumerate(("2025-12-25", "2025-12-26", "2026-01-01"), start=1):
-        yield _key("Holiday", nid), envelope("Holiday", tick(), {"nid": nid, "date": day, "description": "Libur"})
+        yield (
+            _key("Holiday", nid),
+            envelope("Holiday", tick(), {"nid": nid, "date": day, "description": "Libur"}),
+        )
     yield None, _parameter(rng, tick())
-    yield None, envelope(
-        "SessionTime",
-        tick(),
-        {"pre_opening_time": "08:45:00", "opening_time": "09:00:00", "closing_time": "15:50:00", "effective_from": tick().isoformat()},
+    yield (
+        None,
+        envelope(
+            "SessionTime",
+            tick(),
+            {
+                "pre_opening_time": "08:45:00",
+                "opening_time": "09:00:00",
+                "closing_time": "15:50:00",
+                "effective_from": tick().isoformat(),
+            },
+        ),
     )
     if invalid:
         yield from _invalid_messages(tick())
@@ -77,7 +107,7 @@ def trading_day(orders: int, seed: int = 7, *, invalid: bool = False) -> Iterato
         side = rng.choice(("BORR", "LEND"))
         instrument = rng.choice(instruments)
         qty = Decimal(rng.randint(1, 500) * 100)
-        order = {
+        order: dict[str, Any] = {
             "nid": nid,
             "account_code": rng.choice(accounts),
             "instrument_code": instrument,
@@ -92,7 +122,10 @@ def trading_day(orders: int, seed: int = 7, *, invalid: bool = False) -> Iterato
         }
         yield _key("Order", nid), envelope("Order", tick(), order)
         if rng.random() < 0.05:
-            yield _key("Order", nid), envelope("OrderNak", tick(), {"order_nid": nid, "message": "insufficient pool limit"})
+            yield (
+                _key("Order", nid),
+                envelope("OrderNak", tick(), {"order_nid": nid, "message": "insufficient pool limit"}),
+            )
             yield _key("Order", nid), envelope("Order", tick(), {**order, "state": "R"})
             continue
         yield _key("Order", nid), envelope("OrderAck", tick(), {"order_nid": nid})
@@ -104,7 +137,7 @@ def trading_day(orders: int, seed: int = 7, *, invalid: bool = False) -> Iterato
             counter = queue.pop(0)
             trade_nid += 1
             matched = tick()
-            trade = {
+            trade: dict[str, Any] = {
                 "nid": trade_nid,
                 "kpei_reff": f"KPEI-20251128-{trade_nid:07d}",
                 "instrument_code": instrument,
@@ -133,11 +166,16 @@ def trading_day(orders: int, seed: int = 7, *, invalid: bool = False) -> Iterato
                     "state": "A",
                     "matched_at": matched.isoformat(),
                     "reimburse_at": None,
-                    "fee_flat_val": str((Decimal(o["quantity"]) * Decimal("0.0005")).quantize(Decimal("0.01"))),
+                    "fee_flat_val": str(
+                        (Decimal(o["quantity"]) * Decimal("0.0005")).quantize(Decimal("0.01"))
+                    ),
                     "fee_val_daily": str(fee_daily),
                 }
                 yield _key("Contract", contract_nid), envelope("Contract", tick(), contract)
-                yield _key("Order", o["nid"]), envelope("Order", tick(), {**o, "state": "M", "quantity_left": "0.00"})
+                yield (
+                    _key("Order", o["nid"]),
+                    envelope("Order", tick(), {**o, "state": "M", "quantity_left": "0.00"}),
+                )
             if rng.random() < 0.3:
                 yield _key("Trade", trade_nid), envelope("Trade", tick(), {**trade, "state": "E"})
         else:
@@ -168,12 +206,15 @@ def _invalid_messages(ts: datetime) -> Iterator[Event]:
     yield b"bad:type", orjson.dumps({"type": "Settlement", "ts": stamp, "data": {"nid": 1}})
     yield b"bad:data", orjson.dumps({"type": "Order", "ts": stamp})
     yield b"bad:key", orjson.dumps({"type": "Order", "ts": stamp, "data": {"state": "S"}})
-    yield b"bad:long", orjson.dumps({"type": "Instrument", "ts": stamp, "data": {"code": "X" * 40, "name": "too long"}})
+    yield (
+        b"bad:long",
+        orjson.dumps({"type": "Instrument", "ts": stamp, "data": {"code": "X" * 40, "name": "too long"}}),
+    )
     yield b"Order:0", None
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])

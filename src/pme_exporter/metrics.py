@@ -58,7 +58,9 @@ class Metrics:
             "pme_exporter_buffer_capacity_events", "The buffer bound (PME_MAX_BUFFERED_EVENTS)", registry=r
         )
         self.paused_seconds = Counter(
-            "pme_exporter_backpressure_paused_seconds", "Time consumption was paused for backpressure", registry=r
+            "pme_exporter_backpressure_paused_seconds",
+            "Time consumption was paused for backpressure",
+            registry=r,
         )
         self.lag_messages = Gauge(
             "pme_exporter_consumer_lag_messages",
@@ -74,7 +76,9 @@ class Metrics:
         self.last_flush = Gauge(
             "pme_exporter_last_flush_timestamp_seconds", "Unix time of the last committed flush", registry=r
         )
-        self.db_retries = Counter("pme_exporter_db_retries", "Database attempts that failed and were retried", registry=r)
+        self.db_retries = Counter(
+            "pme_exporter_db_retries", "Database attempts that failed and were retried", registry=r
+        )
         self.kafka_errors = Counter(
             "pme_exporter_kafka_errors", "Errors reported by the Kafka client", ["code"], registry=r
         )
@@ -111,7 +115,14 @@ class Metrics:
 class HealthServer:
     """Serves the registry and the two probes on a background thread."""
 
-    def __init__(self, metrics: Metrics, *, port: int, ready: Callable[[], tuple[bool, str]], host: str = "0.0.0.0") -> None:  # noqa: S104 - probes must be reachable from the kubelet
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        port: int,
+        ready: Callable[[], tuple[bool, str]],
+        host: str = "0.0.0.0",  # noqa: S104 - the kubelet and Prometheus reach probes from outside
+    ) -> None:
         registry = metrics.registry
 
         class Handler(BaseHTTPRequestHandler):
@@ -127,7 +138,9 @@ class HealthServer:
                 else:
                     self._send(404, b"not found\n")
 
-            def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+            def _send(
+                self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
+            ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))

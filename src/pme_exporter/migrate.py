@@ -67,7 +67,9 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
                     checksum TEXT NOT NULL,
                     applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
             )
-            done = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            done: dict[str, str] = dict(
+                conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
+            )
             for m in migrations:
                 if m.version in done:
                     if done[m.version] != m.checksum:

@@ -85,7 +85,7 @@ def _c(name: str, sql_type: str, kind: Kind, from_ts: bool = False) -> Column:
 _CODE = "VARCHAR(20)"
 _AMOUNT = "NUMERIC(20,2)"
 _RATE = "NUMERIC(12,6)"
-I, D, T, B = Kind.INTEGER, Kind.DECIMAL, Kind.TEXT, Kind.BOOLEAN
+INT_, D, T, B = Kind.INTEGER, Kind.DECIMAL, Kind.TEXT, Kind.BOOLEAN
 TSZ = Kind.TIMESTAMPTZ
 
 TABLES: tuple[TableSpec, ...] = (
@@ -122,13 +122,13 @@ TABLES: tuple[TableSpec, ...] = (
         WriteMode.UPSERT,
         "nid",
         (
-            _c("nid", "BIGINT", I),
+            _c("nid", "BIGINT", INT_),
             _c("account_code", _CODE, T),
             _c("instrument_code", _CODE, T),
             _c("side", "VARCHAR(4)", T),
             _c("quantity", _AMOUNT, D),
             _c("quantity_left", _AMOUNT, D),
-            _c("periode", "INT", I),
+            _c("periode", "INT", INT_),
             _c("state", "VARCHAR(1)", T),
             _c("settlement_date", "DATE", Kind.DATE),
             _c("aro_status", "BOOLEAN", B),
@@ -141,11 +141,11 @@ TABLES: tuple[TableSpec, ...] = (
         WriteMode.UPSERT,
         "nid",
         (
-            _c("nid", "BIGINT", I),
+            _c("nid", "BIGINT", INT_),
             _c("kpei_reff", "VARCHAR(50)", T),
             _c("instrument_code", _CODE, T),
             _c("quantity", _AMOUNT, D),
-            _c("periode", "INT", I),
+            _c("periode", "INT", INT_),
             _c("state", "VARCHAR(1)", T),
             _c("matched_at", "TIMESTAMPTZ", TSZ),
             _c("reimburse_at", "TIMESTAMPTZ", TSZ),
@@ -160,9 +160,9 @@ TABLES: tuple[TableSpec, ...] = (
         WriteMode.UPSERT,
         "nid",
         (
-            _c("nid", "BIGINT", I),
-            _c("trade_nid", "BIGINT", I),
-            _c("order_nid", "BIGINT", I),
+            _c("nid", "BIGINT", INT_),
+            _c("trade_nid", "BIGINT", INT_),
+            _c("order_nid", "BIGINT", INT_),
             _c("kpei_reff", "VARCHAR(50)", T),
             _c("account_code", _CODE, T),
             _c("instrument_code", _CODE, T),
@@ -181,7 +181,7 @@ TABLES: tuple[TableSpec, ...] = (
         "order_acks",
         WriteMode.APPEND,
         "order_nid",
-        (_c("order_nid", "BIGINT", I), _c("acknowledged_at", "TIMESTAMPTZ", TSZ, from_ts=True)),
+        (_c("order_nid", "BIGINT", INT_), _c("acknowledged_at", "TIMESTAMPTZ", TSZ, from_ts=True)),
         parents=(ParentRef("order_nid", "orders", "nid"),),
     ),
     TableSpec(
@@ -190,7 +190,7 @@ TABLES: tuple[TableSpec, ...] = (
         WriteMode.APPEND,
         "order_nid",
         (
-            _c("order_nid", "BIGINT", I),
+            _c("order_nid", "BIGINT", INT_),
             _c("message", "TEXT", T),
             _c("rejected_at", "TIMESTAMPTZ", TSZ, from_ts=True),
         ),
@@ -214,7 +214,7 @@ TABLES: tuple[TableSpec, ...] = (
         "holidays",
         WriteMode.UPSERT,
         "nid",
-        (_c("nid", "BIGINT", I), _c("date", "DATE", Kind.DATE), _c("description", "VARCHAR(255)", T)),
+        (_c("nid", "BIGINT", INT_), _c("date", "DATE", Kind.DATE), _c("description", "VARCHAR(255)", T)),
     ),
     TableSpec(
         "SessionTime",

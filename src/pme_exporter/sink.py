@@ -25,7 +25,7 @@ from psycopg_pool import ConnectionPool
 from pme_exporter.buffers import Batch, DeadLetter, TableRows
 from pme_exporter.decode import Decoder
 from pme_exporter.errors import DecodeError, RetryableError, is_retryable, is_row_error, sqlstate_of
-from pme_exporter.schema import FLUSH_ORDER, PARKED_PARENT_COLUMNS, TableSpec
+from pme_exporter.schema import FLUSH_ORDER, PARKED_PARENT_COLUMNS, TableSpec, WriteMode
 from pme_exporter.sqlgen import TableStatements, statements_for
 
 
@@ -141,8 +141,17 @@ class PostgresSink:
                             cur.executemany(
                                 _INSERT_DEAD_LETTER,
                                 [
-                                    (self._topic, d.partition, d.offset, d.key, d.value, d.stage, d.reason)
-                                    + (d.sqlstate, d.error)
+                                    (
+                                        self._topic,
+                                        d.partition,
+                                        d.offset,
+                                        d.key,
+                                        d.value,
+                                        d.stage,
+                                        d.reason,
+                                        d.sqlstate,
+                                        d.error,
+                                    )
                                     for d in dead
                                 ],
                             )
@@ -206,9 +215,9 @@ class PostgresSink:
         if not parked:
             return None
         merged = TableRows(spec, list(rows.rows), list(rows.sources)) if rows else TableRows(spec)
-        for partition, offset, key, value in parked:
-            value = bytes(value)
-            key = bytes(key) if key is not None else None
+        for partition, offset, stored_key, stored_value in parked:
+            value = bytes(stored_value)
+            key = bytes(stored_key) if stored_key is not None else None
             try:
                 decoded_spec, fields = self._decoder.decode(value)
             except DecodeError as exc:  # cannot happen unless the contract changed under a parked row
@@ -261,15 +270,14 @@ class PostgresSink:
             self._apply(conn, cur, stmts, rows, mid + 1, hi, outcome, report)
             return
         assert counts is not None
-        inserted, updated, staged, ready = (int(c) for c in counts)
+        inserted, updated, _staged, ready = (int(c) for c in counts)
         outcome.inserted += inserted
         outcome.updated += updated
         outcome.parked += parked
-        if rows.spec.key is not None and rows.spec.mode.value == "upsert":
+        if rows.spec.mode is WriteMode.UPSERT:
             outcome.stale += ready - inserted - updated
         else:
             outcome.duplicate += ready - inserted
-        del staged
 
     def _park_orphans(
         self, cur: psycopg.Cursor[Any], stmts: TableStatements, rows: TableRows, lo: int, hi: int
