@@ -36,7 +36,7 @@ def tune_gc() -> None:
 def migrate_with_retry(settings: Settings) -> list[str]:
     for attempt in Retrying(
         retry=retry_if_exception(is_retryable),
-        wait=wait_exponential_jitter(initial=0.5, max=5),
+        wait=wait_exponential_jitter(multiplier=0.5, max=5, jitter=0.5),
         stop=stop_after_delay(STARTUP_DB_WAIT_S),
         reraise=True,
         before_sleep=lambda s: log.warning("[DB-EXPORTER] Database not reachable yet, retrying..."),

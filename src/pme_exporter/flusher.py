@@ -127,7 +127,7 @@ class Flusher:
     def _write_with_retry(self, batch: Batch) -> FlushReport:
         retrying = Retrying(
             retry=retry_if_exception(is_retryable),
-            wait=wait_exponential_jitter(initial=0.2, max=self._max_backoff_s),
+            wait=wait_exponential_jitter(multiplier=0.2, max=self._max_backoff_s, jitter=0.2),
             stop=stop_any(_StopWhen(lambda: self._abandoned)),
             before_sleep=self._before_sleep,
             reraise=True,

@@ -1,0 +1,98 @@
+"""Small helpers shared by the tests: in-memory messages and an exporter on a thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from pme_exporter.app import run_exporter
+from pme_exporter.metrics import Metrics
+from pme_exporter.settings import Settings
+
+
+@dataclass(frozen=True)
+class FakeMessage:
+    """Stands in for confluent_kafka.Message in unit and sink-level tests."""
+
+    _value: bytes | None
+    _partition: int = 0
+    _offset: int = 0
+    _key: bytes | None = None
+    _timestamp_ms: int = 0
+    _error: Any = None
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._timestamp_ms)
+
+    def error(self) -> Any:
+        return self._error
+
+
+class ExporterThread:
+    """``run_exporter`` on a background thread, as the CLI would run it."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="test-exporter", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            run_exporter(self.settings, self.stop_event, self.metrics)
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> ExporterThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self, timeout_s: float = 60) -> None:
+        self.stop_event.set()
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "exporter did not stop within its deadline"
+        if self.error is not None:
+            raise AssertionError(f"exporter failed: {self.error!r}") from self.error
+
+
+def stored_offsets(conninfo: str, topic: str) -> dict[int, int]:
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT partition, next_offset FROM exporter_offsets WHERE topic = %s", (topic,)
+            ).fetchall()
+    except psycopg.errors.UndefinedTable:
+        return {}
+    return {int(p): int(o) for p, o in rows}
+
+
+def wait_exported(conninfo: str, topic: str, ends: dict[int, int], timeout_s: float = 120) -> None:
+    """Waits until exporter_offsets covers every produced offset."""
+    deadline = time.monotonic() + timeout_s
+    stored: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        stored = stored_offsets(conninfo, topic)
+        if all(stored.get(p, 0) >= end for p, end in ends.items()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not exported within {timeout_s}s: stored {stored}, produced up to {ends}")

@@ -1,0 +1,141 @@
+"""The reference model of spec section 3: events applied one at a time, in Python.
+
+Tables are ``{table: {row_key: {column: value}}}`` with the row key the
+entity key (upsert tables) or ``(src_partition, src_offset)`` (append
+tables); values are what psycopg returns for the column, so a database
+snapshot compares with ``==``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import date, datetime, time
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from pme_exporter.schema import TABLES, BY_EVENT_TYPE, Column, Kind, TableSpec, WriteMode
+
+Tables = dict[str, dict[Any, dict[str, Any]]]
+Located = tuple[int, int, bytes]  # (partition, offset, value)
+
+
+def column_value(column: Column, raw: Any) -> Any:
+    if raw is None:
+        return None
+    kind = column.kind
+    if kind is Kind.INTEGER:
+        return int(raw)
+    if kind is Kind.DECIMAL:
+        scale = int(re.findall(r"\d+", column.sql_type)[1])
+        return Decimal(str(raw)).quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP)
+    if kind is Kind.BOOLEAN:
+        return bool(raw)
+    if kind is Kind.DATE:
+        return date.fromisoformat(raw)
+    if kind is Kind.TIME:
+        return time.fromisoformat(raw)
+    if kind is Kind.TIMESTAMPTZ:
+        return datetime.fromisoformat(raw)
+    return str(raw)
+
+
+def _row(spec: TableSpec, envelope: dict[str, Any]) -> dict[str, Any]:
+    data = envelope["data"]
+    row = {}
+    for c in spec.columns:
+        raw = data.get(c.name)
+        if raw is None and c.defaults_to_event_time:
+            raw = envelope["ts"]
+        row[c.name] = column_value(c, raw)
+    return row
+
+
+def apply_events(events: Iterable[Located]) -> Tables:
+    """Applies valid events one at a time; the same (partition, offset) counts once."""
+    tables: Tables = {spec.table: {} for spec in TABLES}
+    seen: set[tuple[int, int]] = set()
+    for partition, offset, value in events:
+        if (partition, offset) in seen:
+            continue
+        seen.add((partition, offset))
+        envelope = orjson.loads(value)
+        spec = BY_EVENT_TYPE[envelope["type"]]
+        ts = datetime.fromisoformat(envelope["ts"])
+        row = _row(spec, envelope)
+        rows = tables[spec.table]
+        if spec.mode is WriteMode.APPEND:
+            rows[(partition, offset)] = {
+                **row,
+                "created_at": ts,
+                "src_partition": partition,
+                "src_offset": offset,
+            }
+            continue
+        assert spec.key is not None
+        key = row[spec.key]
+        old = rows.get(key)
+        new = {**row, "updated_at": ts, "src_partition": partition, "src_offset": offset}
+        if old is None:
+            rows[key] = {**new, "created_at": ts}
+        elif (ts, partition, offset) > (old["updated_at"], old["src_partition"], old["src_offset"]):
+            rows[key] = {**new, "created_at": min(old["created_at"], ts)}
+        else:
+            old["created_at"] = min(old["created_at"], ts)
+    return _without_orphans(tables)
+
+
+def _without_orphans(tables: Tables) -> Tables:
+    """Children whose parents never arrived wait in exporter_parked_children, not in their table."""
+    for spec in TABLES:
+        for parent in spec.parents:
+            parents = tables[parent.table]
+            tables[spec.table] = {
+                k: r
+                for k, r in tables[spec.table].items()
+                if r[parent.column] is None or r[parent.column] in parents
+            }
+    return tables
+
+
+def snapshot(conn: psycopg.Connection[Any]) -> Tables:
+    """The exported tables, in the model's shape."""
+    tables: Tables = {}
+    for spec in TABLES:
+        lineage = ["created_at", "src_partition", "src_offset"]
+        if spec.mode is WriteMode.UPSERT:
+            lineage.append("updated_at")
+        names = [*spec.column_names, *lineage]
+        query = sql.SQL("SELECT {} FROM {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, names)), sql.Identifier(spec.table)
+        )
+        rows: dict[Any, dict[str, Any]] = {}
+        for values in conn.execute(query):
+            row = dict(zip(names, values, strict=True))
+            key = (
+                row[spec.key] if spec.mode is WriteMode.UPSERT else (row["src_partition"], row["src_offset"])
+            )
+            rows[key] = row
+        tables[spec.table] = rows
+    return tables
+
+
+def diff(expected: Tables, actual: Tables, limit: int = 5) -> str:
+    """A short human description of how two table sets differ ('' when equal)."""
+    lines = []
+    for table in expected:
+        e, a = expected[table], actual.get(table, {})
+        if e == a:
+            continue
+        missing = [k for k in e if k not in a][:limit]
+        extra = [k for k in a if k not in e][:limit]
+        changed = [k for k in e if k in a and e[k] != a[k]][:limit]
+        lines.append(f"{table}: {len(e)} expected, {len(a)} stored; missing {missing}, extra {extra}")
+        for k in changed:
+            cols = {c: (e[k][c], a[k].get(c)) for c in e[k] if e[k][c] != a[k].get(c)}
+            lines.append(f"  {table}[{k}] expected vs stored: {cols}")
+    return "\n".join(lines)

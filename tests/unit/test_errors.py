@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg import errors as pgerr
+
+from pme_exporter.errors import RetryableError, is_retryable, is_row_error
+
+
+@pytest.mark.parametrize(
+    ("exc", "retry", "row"),
+    [
+        (pgerr.SerializationFailure(), True, False),
+        (pgerr.DeadlockDetected(), True, False),
+        (pgerr.AdminShutdown(), True, False),
+        (pgerr.TooManyConnections(), True, False),
+        (psycopg.OperationalError("connection lost"), True, False),
+        (psycopg.InterfaceError("connection closed"), True, False),
+        (RetryableError("db away"), True, False),
+        (pgerr.StringDataRightTruncation(), False, True),
+        (pgerr.NumericValueOutOfRange(), False, True),
+        (pgerr.InvalidDatetimeFormat(), False, True),
+        (pgerr.UniqueViolation(), False, True),
+        (pgerr.ForeignKeyViolation(), False, True),
+        (pgerr.UndefinedTable(), False, False),
+        (pgerr.SyntaxError(), False, False),
+        (ValueError("not a database error"), False, False),
+    ],
+)
+def test_classification_is_by_sqlstate_class(exc: BaseException, retry: bool, row: bool) -> None:
+    assert is_retryable(exc) is retry
+    assert is_row_error(exc) is row
