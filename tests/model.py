@@ -56,50 +56,59 @@ def _row(spec: TableSpec, envelope: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_events(events: Iterable[Located]) -> Tables:
-    """Applies valid events one at a time; the same (partition, offset) counts once."""
-    tables: Tables = {spec.table: {} for spec in TABLES}
+    """Applies valid events one at a time; the same (partition, offset) counts once.
+
+    A child event whose parent never arrives waits in exporter_parked_children
+    and is not applied; its table shows the newest version whose parents exist.
+    """
+    decoded = []
     seen: set[tuple[int, int]] = set()
     for partition, offset, value in events:
-        if (partition, offset) in seen:
-            continue
-        seen.add((partition, offset))
-        envelope = orjson.loads(value)
-        spec = BY_EVENT_TYPE[envelope["type"]]
-        ts = datetime.fromisoformat(envelope["ts"])
-        row = _row(spec, envelope)
-        rows = tables[spec.table]
-        if spec.mode is WriteMode.APPEND:
-            rows[(partition, offset)] = {
-                **row,
-                "created_at": ts,
-                "src_partition": partition,
-                "src_offset": offset,
-            }
-            continue
-        assert spec.key is not None
-        key = row[spec.key]
-        old = rows.get(key)
-        new = {**row, "updated_at": ts, "src_partition": partition, "src_offset": offset}
-        if old is None:
-            rows[key] = {**new, "created_at": ts}
-        elif (ts, partition, offset) > (old["updated_at"], old["src_partition"], old["src_offset"]):
-            rows[key] = {**new, "created_at": min(old["created_at"], ts)}
-        else:
-            old["created_at"] = min(old["created_at"], ts)
-    return _without_orphans(tables)
-
-
-def _without_orphans(tables: Tables) -> Tables:
-    """Children whose parents never arrived wait in exporter_parked_children, not in their table."""
-    for spec in TABLES:
-        for parent in spec.parents:
-            parents = tables[parent.table]
-            tables[spec.table] = {
-                k: r
-                for k, r in tables[spec.table].items()
-                if r[parent.column] is None or r[parent.column] in parents
-            }
+        if (partition, offset) not in seen:
+            seen.add((partition, offset))
+            envelope = orjson.loads(value)
+            spec = BY_EVENT_TYPE[envelope["type"]]
+            decoded.append((partition, offset, spec, envelope, _row(spec, envelope)))
+    tables: Tables = {spec.table: {} for spec in TABLES}
+    for partition, offset, spec, envelope, row in decoded:
+        if not spec.is_child:
+            _apply(tables, partition, offset, spec, envelope, row)
+    for partition, offset, spec, envelope, row in decoded:
+        if spec.is_child and all(
+            row[p.column] is None or row[p.column] in tables[p.table] for p in spec.parents
+        ):
+            _apply(tables, partition, offset, spec, envelope, row)
     return tables
+
+
+def _apply(
+    tables: Tables,
+    partition: int,
+    offset: int,
+    spec: TableSpec,
+    envelope: dict[str, Any],
+    row: dict[str, Any],
+) -> None:
+    ts = datetime.fromisoformat(envelope["ts"])
+    rows = tables[spec.table]
+    if spec.mode is WriteMode.APPEND:
+        rows[(partition, offset)] = {
+            **row,
+            "created_at": ts,
+            "src_partition": partition,
+            "src_offset": offset,
+        }
+        return
+    assert spec.key is not None
+    key = row[spec.key]
+    old = rows.get(key)
+    new = {**row, "updated_at": ts, "src_partition": partition, "src_offset": offset}
+    if old is None:
+        rows[key] = {**new, "created_at": ts}
+    elif (ts, partition, offset) > (old["updated_at"], old["src_partition"], old["src_offset"]):
+        rows[key] = {**new, "created_at": min(old["created_at"], ts)}
+    else:
+        old["created_at"] = min(old["created_at"], ts)
 
 
 def snapshot(conn: psycopg.Connection[Any]) -> Tables:

@@ -4,6 +4,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+HOME="${HOME:-$(cd ~ && pwd)}"
 
 # Root may not own a PostgreSQL cluster, and the postgres user cannot enter
 # /root, so root's default stack lives where both can reach it.

@@ -31,6 +31,10 @@ class Settings:
     kafka_url: str = "localhost:9092"
     kafka_topic: str = "pme-ledger"
     kafka_group_id: str = "pme-exporter"
+    # Static membership: a restarted worker with the same id takes its partitions
+    # back at once instead of waiting out the session timeout (use the pod name).
+    kafka_group_instance_id: str | None = None
+    kafka_session_timeout_ms: int = 45_000
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
@@ -63,6 +67,11 @@ class Settings:
         )
         _check(0 <= self.metrics_port <= 65535, "PME_METRICS_PORT", "must be a port from 0 to 65535")
         _check(1 <= self.db_port <= 65535, "DB_PORT", "must be a port from 1 to 65535")
+        _check(
+            6_000 <= self.kafka_session_timeout_ms <= 300_000,
+            "PME_KAFKA_SESSION_TIMEOUT_MS",
+            "must be from 6000 to 300000 (the broker's default bounds)",
+        )
         _check(self.shutdown_deadline_s > 0, "PME_SHUTDOWN_DEADLINE_S", "must be positive")
         _check(self.ready_max_retry_s > 0, "PME_READY_MAX_RETRY_S", "must be positive")
         _check(self.db_sslmode in _SSLMODES, "DB_SSLMODE", f"must be one of {', '.join(_SSLMODES)}")
@@ -125,8 +134,10 @@ class Settings:
             "bootstrap.servers": self.kafka_url,
             "group.id": self.kafka_group_id,
             "security.protocol": self.kafka_security_protocol,
+            "session.timeout.ms": self.kafka_session_timeout_ms,
         }
         optional = {
+            "group.instance.id": self.kafka_group_instance_id,
             "sasl.mechanism": self.kafka_sasl_mechanism,
             "sasl.username": self.kafka_sasl_username,
             "sasl.password": self.kafka_sasl_password,
@@ -186,6 +197,8 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("KAFKA_URL", "kafka_url", _text),
     ("KAFKA_TOPIC", "kafka_topic", _text),
     ("PME_GROUP_ID", "kafka_group_id", _text),
+    ("PME_GROUP_INSTANCE_ID", "kafka_group_instance_id", _text),
+    ("PME_KAFKA_SESSION_TIMEOUT_MS", "kafka_session_timeout_ms", int),
     ("KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol", _upper),
     ("KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism", _upper),
     ("KAFKA_SASL_USERNAME", "kafka_sasl_username", _text),
