@@ -99,3 +99,12 @@ def make_topic(stack: Stack) -> Callable[[int], str]:
 def settings(base_settings: Settings, db: str) -> Settings:
     """Settings for this test's own database; the test picks topic and group."""
     return base_settings.replace(db_name=db)
+
+
+@pytest.fixture
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -156,3 +156,49 @@ def valid_only(located: list[tuple[int, int, bytes | None]]) -> list[tuple[int, 
             continue
         kept.append((partition, offset, value))
     return kept
+
+
+def exporter_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes ``pme-exporter run`` use these settings."""
+    import os
+
+    from pme_exporter.settings import ENVIRONMENT_VARIABLES
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DB_", "PME_", "DATABASE_URL"))}
+    for name, attr in ENVIRONMENT_VARIABLES:
+        value = getattr(settings, attr)
+        if value is not None:
+            env[name] = str(value)
+    return env
+
+
+class ExporterProcess:
+    """``pme-exporter run`` as a child process: the entrypoint of the container image."""
+
+    def __init__(self, settings: Settings, log_path: Any) -> None:
+        import subprocess
+        import sys
+
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pme_exporter.cli", "run"],
+            env=exporter_env(settings),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(30)
+        self._log.close()
+
+    def terminate(self, timeout_s: float = 60) -> int:
+        self.proc.terminate()
+        code = self.proc.wait(timeout_s)
+        self._log.close()
+        return code
+
+    def log_tail(self, lines: int = 30) -> str:
+        with open(self.log_path, "rb") as f:
+            return b"\n".join(f.read().splitlines()[-lines:]).decode(errors="replace")

@@ -18,7 +18,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from pme_exporter.schema import TABLES, BY_EVENT_TYPE, Column, Kind, TableSpec, WriteMode
+from pme_exporter.schema import BY_EVENT_TYPE, TABLES, Column, Kind, TableSpec, WriteMode
 
 Tables = dict[str, dict[Any, dict[str, Any]]]
 Located = tuple[int, int, bytes]  # (partition, offset, value)

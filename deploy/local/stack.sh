@@ -73,6 +73,8 @@ port_in_use() {
   python3 - "$1" <<'PY'
 import socket, sys
 s = socket.socket()
+# As the servers do: a port left in TIME_WAIT by a stopped server is free; a listener is not.
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("127.0.0.1", int(sys.argv[1])))
 except OSError:

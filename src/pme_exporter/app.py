@@ -8,6 +8,7 @@ import threading
 import time
 
 from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from pme_exporter.buffers import Batch
@@ -47,12 +48,17 @@ def migrate_with_retry(settings: Settings) -> list[str]:
 
 
 class Readiness:
-    """``/readyz``: Kafka and PostgreSQL answer, and no flush has been retrying past the threshold."""
+    """``/readyz``: Kafka and PostgreSQL answer, and no flush has been retrying past the threshold.
+
+    Kafka is asked through an AdminClient of its own: the consumer belongs to
+    the consumer thread, and ``list_topics`` on it from another thread blocks
+    while that thread is inside ``consume()``.
+    """
 
     def __init__(
-        self, *, consumer: Consumer, sink: PostgresSink, flusher: Flusher, topic: str, max_retry_s: float
+        self, *, admin: AdminClient, sink: PostgresSink, flusher: Flusher, topic: str, max_retry_s: float
     ):
-        self._consumer = consumer
+        self._admin = admin
         self._sink = sink
         self._flusher = flusher
         self._topic = topic
@@ -67,7 +73,7 @@ class Readiness:
         except Exception as exc:
             return False, f"database: {exc}"
         try:
-            self._consumer.list_topics(self._topic, timeout=2.0)
+            self._admin.list_topics(self._topic, timeout=2.0)
         except Exception as exc:
             return False, f"kafka: {exc}"
         return True, "ready"
@@ -117,7 +123,7 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
             metrics,
             port=settings.metrics_port,
             ready=Readiness(
-                consumer=consumer,
+                admin=AdminClient(settings.kafka_admin_config()),
                 sink=sink,
                 flusher=flusher,
                 topic=settings.kafka_topic,

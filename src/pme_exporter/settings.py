@@ -148,6 +148,11 @@ class Settings:
         config.update({k: v for k, v in optional.items() if v is not None})
         return config
 
+    def kafka_admin_config(self) -> dict[str, Any]:
+        """The same connection settings without the consumer-group ones, for probes."""
+        group_only = ("group.id", "group.instance.id", "session.timeout.ms")
+        return {k: v for k, v in self.kafka_config().items() if k not in group_only}
+
     @property
     def log_level_number(self) -> int:
         return int(logging.getLevelName(self.log_level))

@@ -87,6 +87,7 @@ SET next_offset = GREATEST(exporter_offsets.next_offset, EXCLUDED.next_offset), 
 class PostgresSink:
     def __init__(self, *, conninfo: str, topic: str, pool_max_size: int = 3) -> None:
         self._topic = topic
+        self._conninfo = conninfo
         self._statements = {spec.table: statements_for(spec) for spec in FLUSH_ORDER}
         self._decoder = Decoder()
         self._pool = ConnectionPool(
@@ -108,8 +109,10 @@ class PostgresSink:
         conn.commit()
 
     def ping(self) -> None:
+        # Its own short-lived connection: a probe must answer within seconds, and
+        # the pool may be busy with a flush or waiting out a reconnect.
         try:
-            with self._pool.connection(timeout=5) as conn:
+            with psycopg.connect(self._conninfo, connect_timeout=2, autocommit=True) as conn:
                 conn.execute("SELECT 1")
         except psycopg.Error as exc:
             raise RetryableError(f"database unreachable: {type(exc).__name__}") from exc

@@ -72,7 +72,7 @@ def test_a_second_consumer_in_the_group_resumes_from_committed_offsets(
 
 def test_postgres_takes_writes_and_reads(admin_conninfo: str, empty_db: str) -> None:
     conninfo = admin_conninfo.replace(
-        f"dbname={admin_conninfo.split('dbname=')[1].split()[0]}", f"dbname={empty_db}"
+        f"dbname={admin_conninfo.split('dbname=')[1].split(maxsplit=1)[0]}", f"dbname={empty_db}"
     )
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, v numeric(20,2), at timestamptz)")

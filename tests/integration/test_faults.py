@@ -1,0 +1,185 @@
+"""Faults on the real stack: kill -9 at random moments, PostgreSQL stopped, a worker leaving its group.
+
+Each runs ``pme-exporter run`` as a child process, the container's entrypoint,
+on at least 100,000 events, and ends with the tables equal to the model.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pme_exporter.generator import trading_day
+from pme_exporter.settings import Settings
+from tests.helpers import ExporterProcess, ends_of, publish, stored_offsets, wait_exported
+from tests.model import apply_events, diff, snapshot
+from tests.stack import Stack, run_up, stop_local
+
+pytestmark = pytest.mark.slow
+
+ORDERS_FOR_100K_EVENTS = 18_500
+
+
+def _publish_day(
+    stack: Stack, topic: str, orders: int = ORDERS_FOR_100K_EVENTS, seed: int = 11
+) -> list[tuple[int, int, bytes | None]]:
+    return publish(stack.kafka_url, topic, [(None, k, v) for k, v in trading_day(orders, seed)])
+
+
+def _assert_tables_equal_model(conninfo: str, located: list[tuple[int, int, bytes | None]]) -> None:
+    expected = apply_events((p, o, v) for p, o, v in located if v is not None)
+    with psycopg.connect(conninfo) as conn:
+        actual = snapshot(conn)
+        append_counts = conn.execute(
+            "SELECT (SELECT count(*) FROM order_acks), (SELECT count(*) FROM order_naks),"
+            " (SELECT count(*) FROM parameters), (SELECT count(*) FROM session_times),"
+            " (SELECT count(*) FROM exporter_dead_letters)"
+        ).fetchone()
+    assert actual == expected, diff(expected, actual)
+    # No append row stored twice (the snapshot keys by message, so count separately), no dead letter.
+    assert append_counts == (
+        len(expected["order_acks"]),
+        len(expected["order_naks"]),
+        len(expected["parameters"]),
+        len(expected["session_times"]),
+        0,
+    )
+
+
+def _progress(conninfo: str, topic: str) -> int:
+    return sum(stored_offsets(conninfo, topic).values())
+
+
+def _wait_progress(conninfo: str, topic: str, beyond: int, timeout_s: float = 60) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = _progress(conninfo, topic)
+        if done > beyond:
+            return done
+        time.sleep(0.05)
+    raise AssertionError(f"no progress beyond {beyond} within {timeout_s}s")
+
+
+def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
+    stack: Stack, settings: Settings, make_topic: Callable[[int], str], tmp_path: Path
+) -> None:
+    topic = make_topic(3)
+    located = _publish_day(stack, topic)
+    total = len(located)
+    assert total >= 100_000
+    s = settings.replace(
+        kafka_topic=topic,
+        kafka_group_id=topic,
+        kafka_group_instance_id="crash-worker",
+        max_batch_events=3_000,
+        max_buffered_events=6_000,
+        flush_interval_ms=100,
+    )
+    rng = random.Random(20251129)
+    kills_mid_run = 0
+    for round_ in range(5):
+        worker = ExporterProcess(s, tmp_path / f"exporter-{round_}.log")
+        before = _progress(s.conninfo(), topic)
+        try:
+            _wait_progress(s.conninfo(), topic, before)
+        except AssertionError:
+            raise AssertionError(worker.log_tail()) from None
+        time.sleep(rng.uniform(0.0, 0.6))
+        worker.kill()
+        if _progress(s.conninfo(), topic) < total:
+            kills_mid_run += 1
+    assert kills_mid_run >= 3, "the run finished before the kills; give it more events"
+    final = ExporterProcess(s, tmp_path / "exporter-final.log")
+    wait_exported(s.conninfo(), topic, ends_of(located), timeout_s=180)
+    assert final.terminate() == 0, final.log_tail()
+    _assert_tables_equal_model(s.conninfo(), located)
+
+
+def _http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback only
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_database_outage_is_survived_without_restart(
+    stack: Stack, settings: Settings, make_topic: Callable[[int], str], tmp_path: Path, free_port: int
+) -> None:
+    if not stack.local:
+        pytest.skip("stopping PostgreSQL needs the local stack; servers were given")
+    topic = make_topic(3)
+    first = _publish_day(stack, topic, orders=9_000, seed=3)
+    s = settings.replace(
+        kafka_topic=topic,
+        kafka_group_id=topic,
+        metrics_port=free_port,
+        ready_max_retry_s=5,
+        max_batch_events=2_000,
+        max_buffered_events=4_000,
+    )
+    worker = ExporterProcess(s, tmp_path / "exporter.log")
+    ready_url = f"http://127.0.0.1:{free_port}/readyz"
+    try:
+        _wait_progress(s.conninfo(), topic, 0)
+        assert _http_status(ready_url) == 200
+        stop_local("postgres")
+        stopped_at = time.monotonic()
+        second = publish(stack.kafka_url, topic, [(None, k, v) for k, v in trading_day(9_500, seed=4)][60:])
+        time.sleep(2)
+        assert _http_status(ready_url) == 503
+        time.sleep(max(0.0, 11 - (time.monotonic() - stopped_at)))
+        up = run_up()
+        assert up.returncode == 0, up.stderr[-3000:]
+        located = first + second
+        wait_exported(s.conninfo(), topic, ends_of(located), timeout_s=180)
+        assert _http_status(ready_url) == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{free_port}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        retries = [line for line in metrics.splitlines() if line.startswith("pme_exporter_db_retries_total")]
+        assert retries and float(retries[0].split()[-1]) > 0
+    finally:
+        if worker.proc.poll() is None:
+            code = worker.terminate()
+        else:
+            code = worker.proc.returncode
+        run_up()  # whatever happened, leave PostgreSQL running for the next test
+    assert code == 0, worker.log_tail()
+    _assert_tables_equal_model(s.conninfo(), first + second)
+
+
+def test_two_workers_share_a_group_and_one_leaves_mid_run(
+    stack: Stack, settings: Settings, make_topic: Callable[[int], str], tmp_path: Path
+) -> None:
+    topic = make_topic(6)
+    s = settings.replace(
+        kafka_topic=topic,
+        kafka_group_id=topic,
+        max_batch_events=3_000,
+        max_buffered_events=6_000,
+        flush_interval_ms=100,
+    )
+    a = ExporterProcess(s, tmp_path / "a.log")
+    b = ExporterProcess(s, tmp_path / "b.log")
+    try:
+        deadline = time.monotonic() + 60
+        while not all("Assigned partitions" in w.log_tail(200) for w in (a, b)):
+            assert time.monotonic() < deadline, a.log_tail() + "\n" + b.log_tail()
+            time.sleep(0.2)
+        located = _publish_day(stack, topic)
+        done = _wait_progress(s.conninfo(), topic, 0)
+        assert done < len(located), "the run finished before a worker could leave; give it more events"
+        assert a.terminate() == 0, a.log_tail()
+        wait_exported(s.conninfo(), topic, ends_of(located), timeout_s=180)
+    finally:
+        code = b.terminate() if b.proc.poll() is None else b.proc.returncode
+    assert code == 0, b.log_tail()
+    assert "Revoked partitions" in a.log_tail(200)
+    _assert_tables_equal_model(s.conninfo(), located)

@@ -1,0 +1,94 @@
+"""The sink against PostgreSQL: refused rows are isolated, children wait for parents, offsets only grow."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+import psycopg
+import pytest
+
+from pme_exporter.buffers import Batch
+from pme_exporter.decode import Decoder
+from pme_exporter.settings import Settings
+from pme_exporter.sink import PostgresSink
+from tests.helpers import FakeMessage
+
+TS = "2025-11-29T09:05:00+07:00"
+
+
+def msg(partition: int, offset: int, event_type: str, data: dict[str, object], ts: str = TS) -> FakeMessage:
+    return FakeMessage(orjson.dumps({"type": event_type, "ts": ts, "data": data}), partition, offset, b"k")
+
+
+def batch_of(*messages: FakeMessage) -> Batch:
+    batch = Batch(decoder=Decoder())
+    batch.add(list(messages))  # type: ignore[arg-type]
+    return batch
+
+
+@pytest.fixture
+def sink(settings: Settings) -> Iterator[PostgresSink]:
+    s = PostgresSink(conninfo=settings.conninfo(), topic="ledger")
+    yield s
+    s.close(timeout_s=5)
+
+
+def test_refused_rows_become_dead_letters_and_the_rest_commits(
+    sink: PostgresSink, settings: Settings
+) -> None:
+    messages = [msg(0, i, "Trade", {"nid": i, "kpei_reff": f"K-{i}", "quantity": "10.00"}) for i in range(40)]
+    messages[7] = msg(0, 7, "Trade", {"nid": 7, "kpei_reff": "K-3"})  # unique kpei_reff clash: 23505
+    messages[21] = msg(0, 21, "Trade", {"nid": 21, "quantity": "1e30"})  # numeric overflow: 22003
+    messages[30] = msg(
+        0, 30, "Trade", {"nid": 30, "matched_at": "2025-13-45T00:00:00Z"}
+    )  # bad timestamp: 22008
+    report = sink.write(batch_of(*messages))
+    assert sorted((d.offset, d.sqlstate) for d in report.dead_letters) == [
+        (7, "23505"),
+        (21, "22003"),
+        (30, "22008"),
+    ]
+    with psycopg.connect(settings.conninfo()) as conn:
+        nids = {r[0] for r in conn.execute("SELECT nid FROM trades")}
+        dead = conn.execute(
+            'SELECT "offset", stage, sqlstate, error, msg_value FROM exporter_dead_letters ORDER BY 1'
+        ).fetchall()
+        offsets = conn.execute("SELECT partition, next_offset FROM exporter_offsets").fetchall()
+    assert nids == set(range(40)) - {7, 21, 30}
+    assert [(o, stage, state) for o, stage, state, _, _ in dead] == [
+        (7, "database", "23505"),
+        (21, "database", "22003"),
+        (30, "database", "22008"),
+    ]
+    assert "trades:" in dead[0][3] and bytes(dead[0][4]) == messages[7].value()
+    assert offsets == [(0, 40)]
+
+
+def test_children_wait_for_parents_that_arrive_later(sink: PostgresSink, settings: Settings) -> None:
+    sink.write(
+        batch_of(
+            msg(1, 0, "OrderAck", {"order_nid": 5}),
+            msg(1, 1, "Contract", {"nid": 9, "trade_nid": 3, "order_nid": 5}),
+            msg(1, 2, "OrderNak", {"order_nid": 6, "message": "no"}),
+        )
+    )
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM exporter_parked_children").fetchone() == (3,)
+        assert conn.execute("SELECT count(*) FROM order_acks").fetchone() == (0,)
+        sink.write(batch_of(msg(0, 0, "Order", {"nid": 5})))  # the contract still waits for trade 3
+        assert conn.execute("SELECT count(*) FROM order_acks").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM contracts").fetchone() == (0,)
+        report = sink.write(batch_of(msg(0, 1, "Trade", {"nid": 3}), msg(0, 2, "Order", {"nid": 6})))
+        assert report.parked_waiting == 0
+        assert conn.execute(
+            "SELECT nid, trade_nid, order_nid, src_partition, src_offset FROM contracts"
+        ).fetchall() == [(9, 3, 5, 1, 1)]
+        assert conn.execute("SELECT order_nid FROM order_naks").fetchall() == [(6,)]
+
+
+def test_offsets_never_move_back(sink: PostgresSink, settings: Settings) -> None:
+    sink.write(batch_of(msg(0, 10, "Holiday", {"nid": 1})))
+    sink.write(batch_of(msg(0, 3, "Holiday", {"nid": 1})))  # a zombie writer's older batch
+    with psycopg.connect(settings.conninfo()) as conn:
+        assert conn.execute("SELECT next_offset FROM exporter_offsets").fetchone() == (11,)
