@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,7 +100,7 @@ def wait_exported(conninfo: str, topic: str, ends: dict[int, int], timeout_s: fl
 
 
 def publish(
-    bootstrap: str, topic: str, events: list[tuple[int | None, bytes | None, bytes | None]]
+    bootstrap: str, topic: str, events: Sequence[tuple[int | None, bytes | None, bytes | None]]
 ) -> list[tuple[int, int, bytes | None]]:
     """Produces (partition or None for keyed, key, value) in order; returns (partition, offset, value) of each."""
     from confluent_kafka import Producer

@@ -125,9 +125,9 @@ def snapshot(conn: psycopg.Connection[Any]) -> Tables:
         rows: dict[Any, dict[str, Any]] = {}
         for values in conn.execute(query):
             row = dict(zip(names, values, strict=True))
-            key = (
-                row[spec.key] if spec.mode is WriteMode.UPSERT else (row["src_partition"], row["src_offset"])
-            )
+            key = (row["src_partition"], row["src_offset"]) if spec.key is None else row[spec.key]
+            if spec.mode is WriteMode.APPEND:
+                key = (row["src_partition"], row["src_offset"])
             rows[key] = row
         tables[spec.table] = rows
     return tables

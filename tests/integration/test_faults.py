@@ -146,10 +146,7 @@ def test_database_outage_is_survived_without_restart(
         retries = [line for line in metrics.splitlines() if line.startswith("pme_exporter_db_retries_total")]
         assert retries and float(retries[0].split()[-1]) > 0
     finally:
-        if worker.proc.poll() is None:
-            code = worker.terminate()
-        else:
-            code = worker.proc.returncode
+        code = worker.terminate() if worker.proc.poll() is None else worker.proc.returncode
         run_up()  # whatever happened, leave PostgreSQL running for the next test
     assert code == 0, worker.log_tail()
     _assert_tables_equal_model(s.conninfo(), first + second)

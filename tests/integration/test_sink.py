@@ -23,7 +23,7 @@ def msg(partition: int, offset: int, event_type: str, data: dict[str, object], t
 
 def batch_of(*messages: FakeMessage) -> Batch:
     batch = Batch(decoder=Decoder())
-    batch.add(list(messages))  # type: ignore[arg-type]
+    batch.add(list(messages))
     return batch
 
 

@@ -55,7 +55,13 @@ EVENTS = st.one_of(
         },
     ),
     _event("OrderAck", {"order_nid": st.integers(1, 5)}),
-    _event("OrderNak", {"order_nid": st.integers(1, 5), "message": st.text(max_size=8)}),
+    _event(
+        "OrderNak",
+        {
+            "order_nid": st.integers(1, 5),
+            "message": st.text(st.characters(blacklist_characters="\x00"), max_size=8),
+        },
+    ),
     _event(
         "Trade",
         {
@@ -74,7 +80,13 @@ EVENTS = st.one_of(
             "fee_val_daily": AMOUNTS,
         },
     ),
-    _event("Participant", {"code": st.sampled_from(["P1", "P2"]), "name": st.text(max_size=6)}),
+    _event(
+        "Participant",
+        {
+            "code": st.sampled_from(["P1", "P2"]),
+            "name": st.text(st.characters(blacklist_characters="\x00"), max_size=6),
+        },
+    ),
     _event("Holiday", {"nid": st.integers(1, 2), "date": st.just("2025-12-25")}),
     _event("Parameter", {"auto_match_flag": st.booleans(), "effective_from": st.sampled_from(TIMES)}),
     _event("SessionTime", {"opening_time": st.sampled_from(["09:00:00", "09:30:00.5"])}),

@@ -33,7 +33,9 @@ def _consume(stack: Stack, topic: str, group: str, limit: int, commit: bool) -> 
         for _ in range(300):
             for msg in consumer.consume(num_messages=limit - len(seen), timeout=0.2):
                 assert msg.error() is None, msg.error()
-                seen.append((msg.partition(), msg.offset()))
+                partition, offset = msg.partition(), msg.offset()
+                assert partition is not None and offset is not None
+                seen.append((partition, offset))
             if len(seen) >= limit:
                 break
         if commit and seen:
