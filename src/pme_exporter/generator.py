@@ -8,7 +8,7 @@ does, so all events of one entity land on one partition, in order.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -29,19 +29,25 @@ def _key(event_type: str, ident: object) -> bytes:
     return f"{event_type}:{ident}".encode()
 
 
-def trading_day(orders: int, seed: int = 7, *, invalid: bool = False) -> Iterator[Event]:
+def trading_day(
+    orders: int, seed: int = 7, *, invalid: bool = False, clock: Callable[[], datetime] | None = None
+) -> Iterator[Event]:
     """Reference data, then orders through their states with acks, naks, trades and contracts.
 
     About 5.5 events per order. With ``invalid`` a few bad messages and a
-    tombstone are mixed in (each a different kind of section 5 fault).
+    tombstone are mixed in (each a different kind of section 5 fault). With
+    ``clock`` every event time is read from it (the latency benchmark stamps
+    events as they are produced).
     """
     rng = random.Random(seed)
-    clock = _DAY_START
+    day_clock = _DAY_START
 
     def tick(max_ms: int = 40) -> datetime:
-        nonlocal clock
-        clock += timedelta(microseconds=rng.randint(1, max_ms * 1000))
-        return clock
+        nonlocal day_clock
+        if clock is not None:
+            return clock()
+        day_clock += timedelta(microseconds=rng.randint(1, max_ms * 1000))
+        return day_clock
 
     participants = [f"P{i:02d}" for i in range(1, 11)]
     accounts = [f"ACC{i:04d}" for i in range(1, 81)]

@@ -1,0 +1,545 @@
+"""Throughput, ceilings, latency and memory of pme-exporter, measured in one run on one machine.
+
+    python benchmarks/throughput.py [--events 1000000] [--partitions 6] [--workers 1]
+                                    [--json FILE] [--plot FILE.png] [--quick]
+
+Brings up the local stack when KAFKA_URL/DB_HOST are not given. Every speed is
+reported next to the machine's own ceilings measured in the same run:
+- Kafka consume-only: the exporter's consumer settings, decoding nothing;
+- PostgreSQL ingest-only: the same rows as COPY files, loaded by psql into the
+  staging tables and applied with the exporter's own SQL, no Python in the loop.
+Nothing here asserts a speed; the test suite runs --quick so the harness keeps working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+import psycopg
+from confluent_kafka import Consumer, Producer
+from psycopg import sql
+
+from pme_exporter.buffers import Batch
+from pme_exporter.consumer import consumer_config
+from pme_exporter.decode import Decoder
+from pme_exporter.generator import create_topic, trading_day
+from pme_exporter.migrate import migrate
+from pme_exporter.schema import FLUSH_ORDER
+from pme_exporter.settings import ENVIRONMENT_VARIABLES, Settings
+from pme_exporter.sqlgen import statements_for
+
+REPO = Path(__file__).resolve().parents[1]
+EVENTS_PER_ORDER = 5.44  # measured on trading_day(18_500): 100,705 events
+
+
+@dataclass
+class Figures:
+    values: dict[str, Any] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
+
+    def put(self, name: str, value: Any, unit: str) -> None:
+        self.values[name] = value
+        self.units[name] = unit
+        print(
+            f"  {name:<38} {value:>14,.2f} {unit}"
+            if isinstance(value, float)
+            else f"  {name:<38} {value!s:>14} {unit}",
+            flush=True,
+        )
+
+
+# -- the stack ---------------------------------------------------------------------
+
+
+def stack_env() -> dict[str, str]:
+    env = dict(os.environ)
+    if env.get("KAFKA_URL") and (env.get("DB_HOST") or env.get("DATABASE_URL")):
+        return env
+    out = subprocess.run(
+        [str(REPO / "deploy/local/up")], check=True, stdout=subprocess.PIPE, text=True
+    ).stdout
+    for line in out.splitlines():
+        if line.startswith("export "):
+            name, _, value = line[7:].partition("=")
+            env[name] = value
+    return env
+
+
+def fresh_database(base: Settings, name: str) -> Settings:
+    with psycopg.connect(base.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    settings = base.replace(db_name=name, database_url=None)
+    migrate(settings.conninfo())
+    return settings
+
+
+def exporter_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DB_", "PME_"))}
+    for name, attr in ENVIRONMENT_VARIABLES:
+        value = getattr(settings, attr)
+        if value is not None:
+            env[name] = str(value)
+    env["PME_LOG_LEVEL"] = "WARNING"
+    return env
+
+
+# -- producing -----------------------------------------------------------------------
+
+
+def events(count: int, seed: int) -> list[tuple[bytes | None, bytes | None]]:
+    orders = int(count / EVENTS_PER_ORDER) + 100
+    return [e for _, e in zip(range(count), trading_day(orders, seed), strict=False)]
+
+
+def produce_all(
+    bootstrap: str, topic: str, batch: list[tuple[bytes | None, bytes | None]]
+) -> tuple[dict[int, int], list[tuple[int, int]]]:
+    """Produces in order; returns end offsets per partition and (partition, offset) of each event."""
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 1_000_000,
+            "compression.type": "lz4",
+        }
+    )
+    located: list[tuple[int, int]] = [(-1, -1)] * len(batch)
+    errors: list[str] = []
+
+    def delivered(index: int) -> Any:
+        def callback(err: Any, msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+            else:
+                located[index] = (msg.partition(), msg.offset())
+
+        return callback
+
+    for index, (key, value) in enumerate(batch):
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, on_delivery=delivered(index))
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    producer.flush(120)
+    if errors:
+        raise RuntimeError(f"produce failed: {errors[:3]}")
+    ends: dict[int, int] = {}
+    for p, o in located:
+        ends[p] = max(ends.get(p, 0), o + 1)
+    return ends, located
+
+
+# -- end to end ----------------------------------------------------------------------
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def exported(conninfo: str, topic: str) -> int:
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT coalesce(sum(next_offset), 0) FROM exporter_offsets WHERE topic = %s", (topic,)
+            ).fetchone()
+    except psycopg.Error:
+        return 0
+    return int(row[0]) if row else 0
+
+
+def end_to_end(settings: Settings, topic: str, total: int, workers: int, timeout_s: float) -> dict[str, Any]:
+    group = f"bench-{uuid.uuid4().hex[:8]}"
+    s = settings.replace(kafka_topic=topic, kafka_group_id=group, metrics_port=0)
+    started = time.monotonic()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pme_exporter.cli", "run"],
+            env=exporter_env(s),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(workers)
+    ]
+    timeline: list[tuple[float, int]] = []
+    first_commit_at = None
+    done_at_first_commit = 0
+    peak = 0.0
+    done = 0
+    try:
+        while time.monotonic() - started < timeout_s:
+            done = exported(s.conninfo(), topic)
+            now = time.monotonic() - started
+            timeline.append((now, done))
+            peak = max([peak] + [peak_rss_mb(p.pid) for p in procs if p.poll() is None])
+            if done and first_commit_at is None:
+                first_commit_at, done_at_first_commit = now, done
+            if done >= total:
+                break
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"an exporter exited: {procs[0].stderr.read() if procs[0].stderr else ''}")
+            time.sleep(0.1)
+        elapsed = time.monotonic() - started
+    finally:
+        for p in procs:
+            peak = max(peak, peak_rss_mb(p.pid)) if p.poll() is None else peak
+            p.terminate()
+        for p in procs:
+            p.wait(60)
+    if done < total:
+        raise RuntimeError(f"exported {done} of {total} events within {timeout_s}s")
+    # After the first commit: start-up (migrations, group join) left out.
+    steady = elapsed - (first_commit_at or 0.0)
+    return {
+        "elapsed_s": elapsed,
+        "events_per_s": total / elapsed,
+        "steady_events_per_s": (total - done_at_first_commit) / steady if steady > 0.5 else 0.0,
+        "peak_rss_mb": peak,
+        "timeline": timeline,
+    }
+
+
+# -- ceilings ------------------------------------------------------------------------
+
+
+def kafka_ceiling(settings: Settings, topic: str, total: int) -> float:
+    config = consumer_config(
+        settings.replace(kafka_group_id=f"ceiling-{uuid.uuid4().hex[:8]}").kafka_config()
+    )
+    consumer = Consumer(config)
+    consumer.subscribe([topic])
+    seen = 0
+    started = None
+    while seen < total:
+        messages = consumer.consume(num_messages=5000, timeout=1.0)
+        if messages and started is None:
+            started = time.monotonic()
+        seen += len(messages)
+    elapsed = time.monotonic() - (started or time.monotonic())
+    consumer.close()
+    return total / elapsed if elapsed > 0 else 0.0
+
+
+def pg_ceiling(
+    settings: Settings,
+    batch: list[tuple[bytes | None, bytes | None]],
+    located: list[tuple[int, int]],
+    batch_events: int,
+    workdir: Path,
+) -> float:
+    """psql loads COPY files into staging and applies the exporter's SQL; Python only prepares files."""
+    decoder = Decoder()
+    statements = {spec.table: statements_for(spec) for spec in FLUSH_ORDER}
+    script = [stmts.create_staging + ";" for stmts in statements.values()]
+    for start in range(0, len(batch), batch_events):
+        chunk = Batch(decoder=decoder)
+        chunk.add(
+            [
+                _Located(v, p, o)
+                for (k, v), (p, o) in zip(
+                    batch[start : start + batch_events], located[start : start + batch_events], strict=True
+                )
+            ]
+        )
+        script.append("BEGIN;")
+        for spec in FLUSH_ORDER:
+            rows = chunk.tables.get(spec.table)
+            if not rows:
+                continue
+            path = workdir / f"{start}-{spec.table}.copy"
+            path.write_text("".join(_copy_line(r) for r in rows.rows))
+            columns = statements[spec.table].copy.split("(", 1)[1].split(")", 1)[0]
+            script.append(f"\\copy stg_{spec.table} ({columns}) FROM '{path}'")
+            script.append(
+                statements[spec.table].apply.replace("%(lo)s", "0").replace("%(hi)s", str(len(rows.rows) - 1))
+                + ";"
+            )
+        parts = ",".join(str(p) for p in chunk.next_offsets)
+        offsets = ",".join(str(o) for o in chunk.next_offsets.values())
+        script.append(
+            "INSERT INTO exporter_offsets (topic, partition, next_offset) SELECT 'ceiling', p, o "
+            f"FROM unnest('{{{parts}}}'::int[], '{{{offsets}}}'::bigint[]) AS u(p, o) "
+            "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = GREATEST(exporter_offsets.next_offset, EXCLUDED.next_offset);"
+        )
+        script.append("COMMIT;")
+    script_path = workdir / "ceiling.sql"
+    script_path.write_text("\n".join(script) + "\n")
+    env = {**os.environ, "PGPASSWORD": settings.db_password, "PGCONNECT_TIMEOUT": "10"}
+    started = time.monotonic()
+    subprocess.run(
+        [
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            settings.db_host,
+            "-p",
+            str(settings.db_port),
+            "-U",
+            settings.db_user,
+            "-d",
+            settings.db_name,
+            "-f",
+            str(script_path),
+        ],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    return len(batch) / (time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class _Located:
+    _value: bytes | None
+    _partition: int
+    _offset: int
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return None
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return (0, 0)
+
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_line(row: tuple[Any, ...]) -> str:
+    return "\t".join("\\N" if v is None else str(v).translate(_ESCAPES) for v in row) + "\n"
+
+
+# -- latency -------------------------------------------------------------------------
+
+
+def latency(settings: Settings, rate: int, seconds: float, partitions: int) -> dict[str, float]:
+    """Events stamped with their produce time at a steady rate; latency = exported_at - event time."""
+    topic = f"bench-latency-{rate}-{uuid.uuid4().hex[:6]}"
+    create_topic(settings.kafka_url, topic, partitions)
+    s = fresh_database(settings, "pme_bench_latency").replace(
+        kafka_topic=topic, kafka_group_id=topic, metrics_port=0
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "pme_exporter.cli", "run"], env=exporter_env(s))
+    producer = Producer({"bootstrap.servers": settings.kafka_url, "linger.ms": 1})
+    # Let the worker join its group before the clock starts.
+    deadline = time.monotonic() + 30
+    while exported(s.conninfo(), topic) == 0 and time.monotonic() < deadline:
+        producer.produce(topic, key=b"warmup", value=None)
+        producer.flush(5)
+        time.sleep(0.2)
+    source: Iterator[tuple[bytes | None, bytes | None]] = trading_day(
+        10**9, seed=5, clock=lambda: datetime.now(UTC)
+    )
+    total = int(rate * seconds)
+    started = time.monotonic()
+    for i, (key, value) in enumerate(source):
+        if i >= total:
+            break
+        wait = started + i / rate - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        producer.produce(topic, key=key, value=value)
+        producer.poll(0)
+    producer.flush(30)
+    time.sleep(1.0 + s.flush_interval_ms / 1000)
+    proc.terminate()
+    proc.wait(60)
+    union = " UNION ALL ".join(
+        f"SELECT extract(epoch FROM exported_at - {'updated_at' if spec.mode.value == 'upsert' else 'created_at'}) * 1000 AS ms FROM {spec.table}"
+        for spec in FLUSH_ORDER
+    )
+    with psycopg.connect(s.conninfo()) as conn:
+        row = conn.execute(
+            f"SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms), count(*) FROM ({union}) l"
+        ).fetchone()
+    assert row is not None
+    return {"p50_ms": float(row[0]), "p99_ms": float(row[1]), "max_ms": float(row[2]), "rows": int(row[3])}
+
+
+# -- main ----------------------------------------------------------------------------
+
+
+def machine(settings: Settings) -> dict[str, Any]:
+    with psycopg.connect(settings.conninfo()) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    pom = (REPO / "deploy/local/kafka/pom.xml").read_text()
+    kafka = re.search(r"<kafka.version>(.*)</kafka.version>", pom)
+    mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "postgresql": row[0] if row else "?",
+        "kafka": kafka.group(1) if kafka else "?",
+        "librdkafka": confluent_kafka.libversion()[0],
+        "confluent_kafka": confluent_kafka.version()[0],
+        "psycopg": psycopg.__version__,
+    }
+
+
+def plot(path: str, runs: dict[str, dict[str, Any]]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install -e '.[bench]'") from None
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    for label, run in runs.items():
+        times = [t for t, _ in run["timeline"]]
+        done = [d for _, d in run["timeline"]]
+        rates = [0.0] + [
+            (done[i] - done[i - 1]) / max(times[i] - times[i - 1], 1e-6) for i in range(1, len(done))
+        ]
+        ax1.plot(times, rates, label=label)
+        ax2.plot(times, [run["total"] - d for d in done], label=label)
+    ax1.set_ylabel("exported events/s")
+    ax2.set_ylabel("lag (events not yet exported)")
+    ax2.set_xlabel("seconds since the exporter started")
+    ax1.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rates", default="5000,20000", help="steady rates for the latency runs (events/s)")
+    parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--plot", dest="plot_path")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes: checks the harness, measures nothing useful"
+    )
+    args = parser.parse_args(argv)
+    if args.events < 1 or args.partitions < 1 or args.workers < 1:
+        parser.error("--events, --partitions and --workers must be positive")
+    try:
+        rates = [int(r) for r in args.rates.split(",")]
+    except ValueError:
+        parser.error(f"--rates must be whole numbers separated by commas, not {args.rates!r}")
+    if args.quick:
+        args.events, rates, args.latency_seconds = 20_000, [500, 2_000], 2.0
+
+    base = Settings.from_env(stack_env())
+    settings = fresh_database(base, "pme_bench")
+    figures = Figures()
+    print(f"pme-exporter benchmark: {args.events:,} events over {args.partitions} partitions", flush=True)
+
+    batch = events(args.events, seed=1)
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    create_topic(base.kafka_url, topic, args.partitions)
+    started = time.monotonic()
+    ends, located = produce_all(base.kafka_url, topic, batch)
+    figures.put("produce_events_per_s", len(batch) / (time.monotonic() - started), "events/s")
+
+    run = end_to_end(settings, topic, len(batch), args.workers, timeout_s=900)
+    run["total"] = len(batch)
+    figures.put("end_to_end_events_per_s", run["events_per_s"], "events/s")
+    figures.put("end_to_end_steady_events_per_s", run["steady_events_per_s"], "events/s")
+    figures.put("end_to_end_elapsed_s", run["elapsed_s"], "s")
+    figures.put("peak_rss_mb", run["peak_rss_mb"], "MB")
+
+    figures.put("kafka_ceiling_events_per_s", kafka_ceiling(base, topic, len(batch)), "events/s")
+    with tempfile.TemporaryDirectory(prefix="pme-ceiling-") as workdir:
+        ceiling_db = fresh_database(base, "pme_bench_ceiling")
+        figures.put(
+            "pg_ceiling_events_per_s",
+            pg_ceiling(ceiling_db, batch, located, settings.max_batch_events, Path(workdir)),
+            "events/s",
+        )
+    figures.put("ratio_to_pg_ceiling", run["events_per_s"] / figures.values["pg_ceiling_events_per_s"], "x")
+    figures.put(
+        "ratio_steady_to_pg_ceiling",
+        run["steady_events_per_s"] / figures.values["pg_ceiling_events_per_s"],
+        "x",
+    )
+    figures.put(
+        "ratio_to_kafka_ceiling", run["events_per_s"] / figures.values["kafka_ceiling_events_per_s"], "x"
+    )
+
+    # Memory with twice the backlog: the same topic doubled, a fresh database and group.
+    produce_all(base.kafka_url, topic, events(args.events, seed=2))
+    doubled = end_to_end(
+        fresh_database(base, "pme_bench_double"), topic, 2 * len(batch), args.workers, timeout_s=1800
+    )
+    doubled["total"] = 2 * len(batch)
+    figures.put("peak_rss_mb_double_backlog", doubled["peak_rss_mb"], "MB")
+    figures.put(
+        "peak_rss_ratio_double_to_single", doubled["peak_rss_mb"] / max(run["peak_rss_mb"], 1e-9), "x"
+    )
+    figures.put("end_to_end_events_per_s_double_backlog", doubled["events_per_s"], "events/s")
+
+    for rate in rates:
+        result = latency(base, rate, args.latency_seconds, args.partitions)
+        figures.put(f"latency_p50_ms@{rate}", result["p50_ms"], "ms")
+        figures.put(f"latency_p99_ms@{rate}", result["p99_ms"], "ms")
+        figures.put(f"latency_max_ms@{rate}", result["max_ms"], "ms")
+    figures.values["latency_p99_ms"] = {str(r): figures.values[f"latency_p99_ms@{r}"] for r in rates}
+    figures.units["latency_p99_ms"] = "ms by events/s"
+
+    report = {
+        "results": figures.values,
+        "units": figures.units,
+        "settings": {
+            "events": len(batch),
+            "partitions": args.partitions,
+            "workers": args.workers,
+            "max_batch_events": settings.max_batch_events,
+            "flush_interval_ms": settings.flush_interval_ms,
+            "max_buffered_events": settings.max_buffered_events,
+            "latency_seconds": args.latency_seconds,
+            "quick": args.quick,
+        },
+        "machine": machine(settings),
+        "measured_at": datetime.now(UTC).isoformat(),
+    }
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(report, indent=2))
+    if args.plot_path:
+        plot(args.plot_path, {"backlog": run, "double backlog": doubled})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""/metrics during a real run, checked against what happened; the container's entrypoint, run here."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+
+from pme_exporter.decode import Decoder
+from pme_exporter.errors import DecodeError
+from pme_exporter.generator import trading_day
+from pme_exporter.schema import TABLES
+from pme_exporter.settings import Settings
+from tests.helpers import ends_of, exporter_env, publish, wait_exported
+from tests.stack import REPO, Stack
+
+
+def dockerfile_command() -> list[str]:
+    """ENTRYPOINT + CMD of deploy/Dockerfile, exec form."""
+    text = (REPO / "deploy" / "Dockerfile").read_text()
+    entrypoint = re.findall(r"^ENTRYPOINT (\[.*\])$", text, re.M)[-1]
+    cmd = re.findall(r"^CMD (\[.*\])$", text, re.M)[-1]
+    return [*json.loads(entrypoint), *json.loads(cmd)]
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return sum(
+        v for (n, ls), v in samples.items() if n == name and all((k, w) in ls for k, w in labels.items())
+    )
+
+
+def status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:  # noqa: S310
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_metrics_match_what_happened_in_a_real_run(
+    stack: Stack, settings: Settings, make_topic: Callable[[int], str], free_port: int, tmp_path: Path
+) -> None:
+    topic = make_topic(3)
+    located = publish(
+        stack.kafka_url, topic, [(None, k, v) for k, v in trading_day(400, seed=9, invalid=True)]
+    )
+    produced: Counter[str] = Counter()
+    planted = 0
+    decoder = Decoder()
+    for _, _, value in located:
+        if value is None:
+            continue
+        try:
+            produced[decoder.decode(value)[0].event_type] += 1
+        except DecodeError:
+            planted += 1
+    command = dockerfile_command()
+    assert command == ["pme-exporter", "run"]
+    executable = shutil.which(command[0], path=str(Path(sys.executable).parent))
+    assert executable, "the entrypoint is not installed beside this Python"
+    s = settings.replace(kafka_topic=topic, kafka_group_id=topic, metrics_port=free_port)
+    log = (tmp_path / "exporter.log").open("wb")
+    proc = subprocess.Popen(
+        [executable, *command[1:]], env=exporter_env(s), stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_exported(s.conninfo(), topic, ends_of(located))
+        deadline = time.monotonic() + 30
+        while True:
+            samples = scrape(free_port)
+            lag = total(samples, "pme_exporter_consumer_lag_messages")
+            lag_parts = {ls for (n, ls) in samples if n == "pme_exporter_consumer_lag_messages"}
+            if lag == 0 and len(lag_parts) == 3 and total(samples, "pme_exporter_consumer_lag_seconds") == 0:
+                break
+            assert time.monotonic() < deadline, f"lag did not reach 0: {lag}"
+            time.sleep(0.5)
+        assert status(free_port, "/healthz") == 200 and status(free_port, "/readyz") == 200
+        with psycopg.connect(s.conninfo()) as conn:
+            counts = {
+                spec.table: conn.execute(f"SELECT count(*) FROM {spec.table}").fetchone()[0]
+                for spec in TABLES
+            }  # type: ignore[index]
+            db_dead = conn.execute(
+                "SELECT stage, count(*) FROM exporter_dead_letters GROUP BY stage"
+            ).fetchall()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        log.close()
+    assert code == 0, (tmp_path / "exporter.log").read_text()[-3000:]
+    # Events by type: produced minus the planted bad ones (the DB-refused instrument counts as consumed).
+    for event_type, n in produced.items():
+        assert total(samples, "pme_exporter_events_consumed_total", event_type=event_type) == n, event_type
+    # Rows by table: a fresh database, so every stored row was inserted once.
+    for table, n in counts.items():
+        assert total(samples, "pme_exporter_rows_written_total", table=table, outcome="inserted") == n, table
+    dead_by_stage = dict(db_dead)
+    assert (
+        total(samples, "pme_exporter_dead_letters_total", stage="decode")
+        == dead_by_stage["decode"]
+        == planted
+    )
+    assert (
+        total(samples, "pme_exporter_dead_letters_total", stage="database") == dead_by_stage["database"] == 1
+    )
+    assert total(samples, "pme_exporter_tombstones_total") == 1
+    assert total(samples, "pme_exporter_last_flush_timestamp_seconds") > time.time() - 120
+    assert total(samples, "pme_exporter_flush_duration_seconds_count", phase="commit") >= 1
