@@ -270,11 +270,11 @@ def pg_ceiling(
             if not rows:
                 continue
             path = workdir / f"{start}-{spec.table}.copy"
-            path.write_text("".join(_copy_line(r) for r in rows.rows))
+            path.write_text("".join(rows.lines))
             columns = statements[spec.table].copy.split("(", 1)[1].split(")", 1)[0]
             script.append(f"\\copy stg_{spec.table} ({columns}) FROM '{path}'")
             script.append(
-                statements[spec.table].apply.replace("%(lo)s", "0").replace("%(hi)s", str(len(rows.rows) - 1))
+                statements[spec.table].apply.replace("%(lo)s", "0").replace("%(hi)s", str(len(rows) - 1))
                 + ";"
             )
         parts = ",".join(str(p) for p in chunk.next_offsets)
@@ -336,13 +336,6 @@ class _Located:
         return (0, 0)
 
 
-_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_line(row: tuple[Any, ...]) -> str:
-    return "\t".join("\\N" if v is None else str(v).translate(_ESCAPES) for v in row) + "\n"
-
-
 # -- latency -------------------------------------------------------------------------
 
 
@@ -398,7 +391,8 @@ def machine(settings: Settings) -> dict[str, Any]:
         row = conn.execute("SHOW server_version").fetchone()
     pom = (REPO / "deploy/local/kafka/pom.xml").read_text()
     kafka = re.search(r"<kafka.version>(.*)</kafka.version>", pom)
-    mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
     return {
         "cores": os.cpu_count(),
         "memory_gib": round(mem_kb / 1024 / 1024, 1),
@@ -470,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     create_topic(base.kafka_url, topic, args.partitions)
     started = time.monotonic()
-    ends, located = produce_all(base.kafka_url, topic, batch)
+    _ends, located = produce_all(base.kafka_url, topic, batch)
     figures.put("produce_events_per_s", len(batch) / (time.monotonic() - started), "events/s")
 
     run = end_to_end(settings, topic, len(batch), args.workers, timeout_s=900)

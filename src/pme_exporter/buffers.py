@@ -31,8 +31,6 @@ class Message(Protocol):
 # (partition, offset, key, value) of the message behind a staged row, kept so a
 # row the database refuses can become a dead letter with its raw bytes.
 Source = tuple[int, int, bytes | None, bytes]
-# (seq, src_partition, src_offset, ts, *columns): one staging row, COPY text.
-Row = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -49,15 +47,22 @@ class DeadLetter:
 
 @dataclass
 class TableRows:
+    """One table's staging rows as COPY text lines: seq, src_partition, src_offset, ts, columns.
+
+    ``seq`` is the row's index here, so a row the database refuses maps back to
+    its message in ``sources``.
+    """
+
     spec: TableSpec
-    rows: list[Row] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
 
-    def add(
-        self, partition: int, offset: int, key: bytes | None, value: bytes, fields: list[str | None]
-    ) -> None:
-        self.rows.append((len(self.rows), partition, offset, *fields))
+    def add(self, partition: int, offset: int, key: bytes | None, value: bytes, text: str) -> None:
+        self.lines.append(f"{len(self.lines)}\t{partition}\t{offset}\t{text}\n")
         self.sources.append((partition, offset, key, value))
+
+    def __len__(self) -> int:
+        return len(self.lines)
 
 
 @dataclass
@@ -92,7 +97,7 @@ class Batch:
                 self.tombstones += 1
                 continue
             try:
-                spec, fields = decode(value)
+                spec, text = decode(value)
             except DecodeError as exc:
                 self.dead_letters.append(
                     DeadLetter(partition, offset, msg.key(), value, "decode", exc.reason, exc.detail)
@@ -103,7 +108,7 @@ class Batch:
             buf = tables.get(spec.table)
             if buf is None:
                 buf = tables[spec.table] = TableRows(spec)
-            buf.add(partition, offset, msg.key(), value, fields)
+            buf.add(partition, offset, msg.key(), value, text)
         self.size += len(messages)
         self.newest_event_ms = max(self.newest_event_ms, messages[-1].timestamp()[1])
 

@@ -188,18 +188,17 @@ class PostgresSink:
         if stmts.adopt_parked is not None:
             adopted = self._adopt_parked(cur, stmts, spec, rows, report)
             if adopted is not None:
+                outcome.adopted = len(adopted) - (len(rows) if rows else 0)
                 rows = adopted
-                outcome.adopted = len(adopted.rows) - len(batch.tables.get(spec.table, TableRows(spec)).rows)
-        if rows is None or not rows.rows:
+        if rows is None or not rows.lines:
             if outcome.adopted:
                 report.tables[spec.table] = outcome
             return
         t0 = time.perf_counter()
         with cur.copy(stmts.copy) as copy:
-            for r in rows.rows:
-                copy.write_row(r)
+            copy.write("".join(rows.lines))
         t1 = time.perf_counter()
-        self._apply(conn, cur, stmts, rows, 0, len(rows.rows) - 1, outcome, report)
+        self._apply(conn, cur, stmts, rows, 0, len(rows) - 1, outcome, report)
         outcome.copy_s = t1 - t0
         outcome.apply_s = time.perf_counter() - t1
         report.tables[spec.table] = outcome
@@ -217,19 +216,19 @@ class PostgresSink:
         parked = cur.execute(stmts.adopt_parked).fetchall()
         if not parked:
             return None
-        merged = TableRows(spec, list(rows.rows), list(rows.sources)) if rows else TableRows(spec)
+        merged = TableRows(spec, list(rows.lines), list(rows.sources)) if rows else TableRows(spec)
         for partition, offset, stored_key, stored_value in parked:
             value = bytes(stored_value)
             key = bytes(stored_key) if stored_key is not None else None
             try:
-                decoded_spec, fields = self._decoder.decode(value)
+                decoded_spec, text = self._decoder.decode(value)
             except DecodeError as exc:  # cannot happen unless the contract changed under a parked row
                 report.dead_letters.append(
                     DeadLetter(partition, offset, key, value, "decode", exc.reason, exc.detail)
                 )
                 continue
             if decoded_spec.table == spec.table:
-                merged.add(partition, offset, key, value, fields)
+                merged.add(partition, offset, key, value, text)
         return merged
 
     def _apply(

@@ -31,6 +31,8 @@ def env(event_type: str, ts: str, data: dict[str, object]) -> bytes:
 
 
 OTHER_TYPES = [
+    # COPY's special characters must arrive as written; a literal \N is text, not NULL.
+    env("Participant", "2025-11-29T08:00:00Z", {"code": "P\\02", "name": "tab\there\nline\r \\N"}),
     env(
         "Participant",
         "2025-11-29T08:00:00Z",

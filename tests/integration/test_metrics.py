@@ -35,7 +35,7 @@ def dockerfile_command() -> list[str]:
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     samples = {}
     for family in text_string_to_metric_families(text):
@@ -52,7 +52,7 @@ def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
 
 def status(port: int, path: str) -> int:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -97,10 +97,11 @@ def test_metrics_match_what_happened_in_a_real_run(
             time.sleep(0.5)
         assert status(free_port, "/healthz") == 200 and status(free_port, "/readyz") == 200
         with psycopg.connect(s.conninfo()) as conn:
-            counts = {
-                spec.table: conn.execute(f"SELECT count(*) FROM {spec.table}").fetchone()[0]
-                for spec in TABLES
-            }  # type: ignore[index]
+            counts: dict[str, int] = {}
+            for spec in TABLES:
+                row = conn.execute(f"SELECT count(*) FROM {spec.table}").fetchone()
+                assert row is not None
+                counts[spec.table] = int(row[0])
             db_dead = conn.execute(
                 "SELECT stage, count(*) FROM exporter_dead_letters GROUP BY stage"
             ).fetchall()
@@ -115,7 +116,7 @@ def test_metrics_match_what_happened_in_a_real_run(
     # Rows by table: a fresh database, so every stored row was inserted once.
     for table, n in counts.items():
         assert total(samples, "pme_exporter_rows_written_total", table=table, outcome="inserted") == n, table
-    dead_by_stage = dict(db_dead)
+    dead_by_stage: dict[str, int] = dict(db_dead)
     assert (
         total(samples, "pme_exporter_dead_letters_total", stage="decode")
         == dead_by_stage["decode"]

@@ -24,7 +24,8 @@ def test_batch_routes_rows_and_tracks_next_offsets() -> None:
     assert batch.size == 4 and batch.tombstones == 1
     assert batch.next_offsets == {0: 12, 1: 5}
     rows = batch.tables["orders"]
-    assert [r[:3] for r in rows.rows] == [(0, 0, 10), (1, 1, 4)]
+    assert [line.split("\t")[:3] for line in rows.lines] == [["0", "0", "10"], ["1", "1", "4"]]
+    assert all(line.endswith("\n") for line in rows.lines)
     assert rows.sources[1] == (1, 4, b"Order:2", order(2))
     [dead] = batch.dead_letters
     assert (dead.partition, dead.offset, dead.reason, dead.value) == (

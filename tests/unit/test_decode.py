@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pme_exporter.decode import Decoder
+from pme_exporter.decode import Decoder, copy_fields
 from pme_exporter.errors import DecodeError
 from pme_exporter.schema import BY_EVENT_TYPE, TABLES
 
@@ -20,7 +20,7 @@ def encode(event_type: str, data: object, ts: object = TS) -> bytes:
 
 
 def test_order_becomes_copy_text_in_column_order() -> None:
-    spec, fields = decoder.decode(
+    spec, text = decoder.decode(
         encode(
             "Order",
             {
@@ -36,24 +36,22 @@ def test_order_becomes_copy_text_in_column_order() -> None:
         )
     )
     assert spec.table == "orders"
-    row = dict(zip(("ts", *spec.column_names), fields, strict=True))
+    row = dict(zip(("ts", *spec.column_names), copy_fields(text), strict=True))
     assert row["ts"] == TS and row["nid"] == "123" and row["quantity"] == "1000.00" and row["periode"] == "30"
     assert row["aro_status"] == "f" and row["settlement_date"] == "2025-12-01"
     assert row["instrument_code"] is None and row["state"] is None  # missing -> NULL
 
 
 def test_event_time_columns_default_to_ts_unless_given() -> None:
-    _, fields = decoder.decode(encode("OrderAck", {"order_nid": 1}))
-    assert fields[-1] == TS
-    _, fields = decoder.decode(
-        encode("OrderAck", {"order_nid": 1, "acknowledged_at": "2025-11-29T10:00:00Z"})
-    )
-    assert fields[-1] == "2025-11-29T10:00:00Z"
+    _, text = decoder.decode(encode("OrderAck", {"order_nid": 1}))
+    assert copy_fields(text)[-1] == TS
+    _, text = decoder.decode(encode("OrderAck", {"order_nid": 1, "acknowledged_at": "2025-11-29T10:00:00Z"}))
+    assert copy_fields(text)[-1] == "2025-11-29T10:00:00Z"
 
 
 def test_numbers_keep_the_digits_written() -> None:
     raw = b'{"type":"Account","ts":"2025-11-29T09:00:00Z","data":{"code":"A","trade_limit":1234567890123456.78,"pool_limit":10}}'
-    _, fields = decoder.decode(raw)
+    fields = copy_fields(decoder.decode(raw)[1])
     assert fields[4] == "1234567890123456.78"  # a float would say 1234567890123456.8
     assert fields[5] == "10"
 
@@ -94,9 +92,16 @@ def test_every_table_has_a_decodable_event() -> None:
         data: dict[str, str | None] = {c.name: None for c in spec.columns}
         if spec.key:
             data[spec.key] = "1" if spec.key.endswith("nid") else "K1"
-        decoded_spec, fields = decoder.decode(encode(spec.event_type, data))
+        decoded_spec, text = decoder.decode(encode(spec.event_type, data))
         assert decoded_spec is BY_EVENT_TYPE[spec.event_type]
-        assert len(fields) == 1 + len(spec.columns)
+        assert len(copy_fields(text)) == 1 + len(spec.columns)
+
+
+def test_copy_special_characters_are_escaped_and_round_trip() -> None:
+    name = "tab\there\nnewline\r backslash \\ literal \\N e\u0301"
+    _, text = decoder.decode(encode("Participant", {"code": "P\\1", "name": name}))
+    assert "\n" not in text and "\r" not in text and text.count("\t") == 2  # only the field separators
+    assert copy_fields(text) == ["2025-11-29T09:00:00.200+07:00", "P\\1", name]
 
 
 @given(st.binary(max_size=200))
