@@ -24,8 +24,9 @@ LINEAGE = ("seq", "src_partition", "src_offset", "ts")
 class TableStatements:
     create_staging: str
     copy: str
-    apply: str  # returns one row: (inserted, updated, staged, ready)
-    orphans: str | None  # child tables: returns (seq, parent keys...) of rows whose parent is missing
+    # Returns one row: inserted, updated, staged, ready, then for child tables the
+    # orphans (parent missing) as arrays: seqs, then one array per PARKED_PARENT_COLUMNS.
+    apply: str
     adopt_parked: str | None  # child tables: deletes and returns parked rows whose parents arrived
 
 
@@ -34,32 +35,53 @@ def staging_table(spec: TableSpec) -> str:
 
 
 def _src_cte(spec: TableSpec) -> str:
-    casts = ",\n        ".join(f"s.{c.name}::{CAST_TYPE[c.kind]} AS {c.name}" for c in spec.columns)
+    casts = ",\n            ".join(f"s.{c.name}::{CAST_TYPE[c.kind]} AS {c.name}" for c in spec.columns)
+    parents_ok = _parents_present(spec, "c") if spec.is_child else "true"
     return f"""src AS (
-    SELECT s.seq, s.src_partition, s.src_offset, s.ts::timestamptz AS ts,
-        {casts}
-    FROM {staging_table(spec)} s
-    WHERE s.seq BETWEEN %(lo)s AND %(hi)s
+    SELECT c.*, {parents_ok} AS parents_ok
+    FROM (
+        SELECT s.seq, s.src_partition, s.src_offset, s.ts::timestamptz AS ts,
+            {casts}
+        FROM {staging_table(spec)} s
+        WHERE s.seq BETWEEN %(lo)s AND %(hi)s
+    ) c
 )"""
 
 
 def _parents_present(spec: TableSpec, alias: str) -> str:
     return " AND ".join(
-        f"({alias}.{p.column} IS NULL OR EXISTS (SELECT 1 FROM {p.table} p WHERE p.{p.key} = {alias}.{p.column}))"
+        f"({alias}.{p.column} IS NULL"
+        f" OR EXISTS (SELECT 1 FROM {p.table} p WHERE p.{p.key} = {alias}.{p.column}))"
         for p in spec.parents
     )
 
 
-def _ready_cte(spec: TableSpec) -> str:
-    where = _parents_present(spec, "src") if spec.is_child else "true"
-    return f"ready AS (SELECT * FROM src WHERE {where})"
+def _counts(spec: TableSpec, inserted: str, updated: str) -> str:
+    """The statement's result row; orphans come back in it so staging is scanned once."""
+    orphans = ""
+    if spec.is_child:
+        keys = [
+            f"(SELECT array_agg({c} ORDER BY seq) FROM src WHERE NOT parents_ok)"
+            if c in spec.column_names
+            else "NULL::bigint[]"
+            for c in PARKED_PARENT_COLUMNS
+        ]
+        orphans = f""",
+    (SELECT array_agg(seq ORDER BY seq) FROM src WHERE NOT parents_ok),
+    {", ".join(keys)}"""
+    return f"""SELECT {inserted}, {updated},
+    (SELECT count(*) FROM src), (SELECT count(*) FROM src WHERE parents_ok){orphans}
+FROM written"""
 
 
 def _upsert(spec: TableSpec) -> str:
     key = spec.key
     cols = spec.column_names
     data_cols = [c for c in cols if c != key]
-    wins = "(t.updated_at, t.src_partition, t.src_offset) < (EXCLUDED.updated_at, EXCLUDED.src_partition, EXCLUDED.src_offset)"
+    wins = (
+        "(t.updated_at, t.src_partition, t.src_offset)"
+        " < (EXCLUDED.updated_at, EXCLUDED.src_partition, EXCLUDED.src_offset)"
+    )
     sets = ",\n        ".join(
         [f"{c} = CASE WHEN {wins} THEN EXCLUDED.{c} ELSE t.{c} END" for c in data_cols]
         + [
@@ -72,10 +94,9 @@ def _upsert(spec: TableSpec) -> str:
         ]
     )
     return f"""WITH {_src_cte(spec)},
-{_ready_cte(spec)},
 winners AS (
     SELECT DISTINCT ON ({key}) *, min(ts) OVER (PARTITION BY {key}) AS first_ts
-    FROM ready
+    FROM src WHERE parents_ok
     ORDER BY {key}, ts DESC, src_partition DESC, src_offset DESC
 ),
 written AS (
@@ -86,30 +107,19 @@ written AS (
     WHERE {wins} OR EXCLUDED.created_at < t.created_at
     RETURNING (xmax = 0) AS inserted
 )
-SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted),
-    (SELECT count(*) FROM src), (SELECT count(*) FROM ready)
-FROM written"""
+{_counts(spec, "count(*) FILTER (WHERE inserted)", "count(*) FILTER (WHERE NOT inserted)")}"""
 
 
 def _append(spec: TableSpec) -> str:
     cols = spec.column_names
     return f"""WITH {_src_cte(spec)},
-{_ready_cte(spec)},
 written AS (
     INSERT INTO {spec.table} ({", ".join(cols)}, created_at, src_partition, src_offset)
-    SELECT {", ".join(cols)}, ts, src_partition, src_offset FROM ready
+    SELECT {", ".join(cols)}, ts, src_partition, src_offset FROM src WHERE parents_ok
     ON CONFLICT (src_partition, src_offset) DO NOTHING
     RETURNING 1
 )
-SELECT count(*), 0, (SELECT count(*) FROM src), (SELECT count(*) FROM ready) FROM written"""
-
-
-def _orphans(spec: TableSpec) -> str:
-    keys = ", ".join(
-        f"src.{c}" if c in spec.column_names else f"NULL::bigint AS {c}" for c in PARKED_PARENT_COLUMNS
-    )
-    return f"""WITH {_src_cte(spec)}
-SELECT src.seq, {keys} FROM src WHERE NOT ({_parents_present(spec, "src")})"""
+{_counts(spec, "count(*)", "0")}"""
 
 
 def _adopt_parked(spec: TableSpec) -> str:
@@ -130,6 +140,5 @@ def statements_for(spec: TableSpec) -> TableStatements:
         ),
         copy=f"COPY {staging_table(spec)} ({stg_cols}) FROM STDIN",
         apply=_upsert(spec) if spec.mode is WriteMode.UPSERT else _append(spec),
-        orphans=_orphans(spec) if spec.is_child else None,
         adopt_parked=_adopt_parked(spec) if spec.is_child else None,
     )

@@ -53,4 +53,4 @@ def test_statements_bisect_by_sequence_range() -> None:
     for spec in TABLES:
         stmts = statements_for(spec)
         assert "%(lo)s" in stmts.apply and "%(hi)s" in stmts.apply
-        assert (stmts.orphans is not None) == spec.is_child
+        assert (stmts.adopt_parked is not None) == spec.is_child
