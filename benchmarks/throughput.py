@@ -160,15 +160,31 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def exported(conninfo: str, topic: str) -> int:
-    try:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT coalesce(sum(next_offset), 0) FROM exporter_offsets WHERE topic = %s", (topic,)
+class Progress:
+    """Events exported so far, polled over one connection: a new connection per poll
+    costs a SCRAM handshake of CPU on the machine being measured."""
+
+    def __init__(self, conninfo: str, topic: str) -> None:
+        self._conninfo = conninfo
+        self._topic = topic
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def __call__(self) -> int:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self._conninfo, autocommit=True)
+            row = self._conn.execute(
+                "SELECT coalesce(sum(next_offset), 0) FROM exporter_offsets WHERE topic = %s", (self._topic,)
             ).fetchone()
-    except psycopg.Error:
-        return 0
-    return int(row[0]) if row else 0
+        except psycopg.Error:  # the schema is not there yet, or the server restarts
+            self.close()
+            return 0
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def end_to_end(settings: Settings, topic: str, total: int, workers: int, timeout_s: float) -> dict[str, Any]:
@@ -185,13 +201,14 @@ def end_to_end(settings: Settings, topic: str, total: int, workers: int, timeout
         for _ in range(workers)
     ]
     timeline: list[tuple[float, int]] = []
+    progress = Progress(s.conninfo(), topic)
     first_commit_at = None
     done_at_first_commit = 0
     peak = 0.0
     done = 0
     try:
         while time.monotonic() - started < timeout_s:
-            done = exported(s.conninfo(), topic)
+            done = progress()
             now = time.monotonic() - started
             timeline.append((now, done))
             peak = max([peak] + [peak_rss_mb(p.pid) for p in procs if p.poll() is None])
@@ -209,6 +226,7 @@ def end_to_end(settings: Settings, topic: str, total: int, workers: int, timeout
             p.terminate()
         for p in procs:
             p.wait(60)
+        progress.close()
     if done < total:
         raise RuntimeError(f"exported {done} of {total} events within {timeout_s}s")
     # After the first commit: start-up (migrations, group join) left out.
@@ -350,7 +368,8 @@ def latency(settings: Settings, rate: int, seconds: float, partitions: int) -> d
     producer = Producer({"bootstrap.servers": settings.kafka_url, "linger.ms": 1})
     # Let the worker join its group before the clock starts.
     deadline = time.monotonic() + 30
-    while exported(s.conninfo(), topic) == 0 and time.monotonic() < deadline:
+    progress = Progress(s.conninfo(), topic)
+    while progress() == 0 and time.monotonic() < deadline:
         producer.produce(topic, key=b"warmup", value=None)
         producer.flush(5)
         time.sleep(0.2)
@@ -368,6 +387,7 @@ def latency(settings: Settings, rate: int, seconds: float, partitions: int) -> d
         producer.produce(topic, key=key, value=value)
         producer.poll(0)
     producer.flush(30)
+    progress.close()
     time.sleep(1.0 + s.flush_interval_ms / 1000)
     proc.terminate()
     proc.wait(60)

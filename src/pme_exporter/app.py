@@ -99,17 +99,22 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         metrics.record_flush(batch, report, time.time())
         totals = count_outcomes(report)
         dead = len(batch.dead_letters) + len(report.dead_letters)
-        log.info(
-            "[DB-EXPORTER] Flushed %d events in %.0f ms (commit %.0f ms): %d inserted, %d updated, "
-            "%d stale, %d duplicate, %d parked, %d dead letters",
+        adopted = sum(o.adopted for o in report.tables.values())
+        log.log(
+            logging.INFO if batch.size or adopted else logging.DEBUG,
+            "[DB-EXPORTER] Flushed %d events in %.0f ms (copy %.0f, upsert %.0f, commit %.0f): "
+            "%d inserted, %d updated, %d stale, %d duplicate, %d parked, %d adopted, %d dead letters",
             batch.size,
             report.total_s * 1000,
+            sum(o.copy_s for o in report.tables.values()) * 1000,
+            sum(o.apply_s for o in report.tables.values()) * 1000,
             report.commit_s * 1000,
             totals["inserted"],
             totals["updated"],
             totals["stale"],
             totals["duplicate"],
             totals["parked"],
+            adopted,
             dead,
         )
 

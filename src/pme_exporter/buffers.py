@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from pme_exporter.decode import Decoder
 from pme_exporter.errors import DecodeError
@@ -68,7 +69,7 @@ class TableRows:
 @dataclass
 class Batch:
     decoder: Decoder
-    clock: Any = time.monotonic
+    clock: Callable[[], float] = time.monotonic
     tables: dict[str, TableRows] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)

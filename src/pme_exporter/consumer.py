@@ -149,8 +149,10 @@ class ConsumerLoop:
         batch = self._batch
         now = self._clock()
         due = batch.size >= self._max_batch or (batch.size > 0 and batch.age_s() >= self._interval_s)
-        # Parked children are re-checked on every flush; keep flushing while some wait.
-        due = due or (self._parked_waiting > 0 and now - self._last_flush_at >= self._interval_s)
+        # Every flush adopts parked children whose parents are stored, whoever wrote
+        # the parent; an idle worker re-checks now and then for a parent another
+        # worker committed at the same moment as the child was parked.
+        due = due or (self._parked_waiting > 0 and now - self._last_flush_at >= 10 * self._interval_s)
         if due and self._flusher.idle():
             self._submit()
         elif batch.size >= self._max_buffered and self._paused_since is None:

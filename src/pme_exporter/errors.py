@@ -18,7 +18,6 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 3
 EXIT_DATABASE = 4
-EXIT_KAFKA = 5
 EXIT_MIGRATION = 6
 
 # SQLSTATE classes (first two characters) and codes that a retry can cure.

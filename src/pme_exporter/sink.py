@@ -26,7 +26,7 @@ from pme_exporter.buffers import Batch, DeadLetter, TableRows
 from pme_exporter.decode import Decoder
 from pme_exporter.errors import DecodeError, RetryableError, is_retryable, is_row_error, sqlstate_of
 from pme_exporter.schema import FLUSH_ORDER, PARKED_PARENT_COLUMNS, TableSpec, WriteMode
-from pme_exporter.sqlgen import TableStatements, statements_for
+from pme_exporter.sqlgen import TableStatements, adopt_parked_statement, statements_for
 
 
 @dataclass
@@ -77,11 +77,20 @@ INSERT INTO exporter_parked_children
 VALUES (%s, %s, %s, %s, {", ".join("%s" for _ in PARKED_PARENT_COLUMNS)}, %s, %s)
 ON CONFLICT (topic, partition, "offset") DO NOTHING"""
 
+# Saves the batch's offsets and answers how many children still wait, in one round trip.
 _SAVE_OFFSETS = """
-INSERT INTO exporter_offsets (topic, partition, next_offset)
-SELECT %s, p, o FROM unnest(%s::int[], %s::bigint[]) AS u(p, o)
-ON CONFLICT (topic, partition) DO UPDATE
-SET next_offset = GREATEST(exporter_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()"""
+WITH saved AS (
+    INSERT INTO exporter_offsets (topic, partition, next_offset)
+    SELECT %s, p, o FROM unnest(%s::int[], %s::bigint[]) AS u(p, o)
+    ON CONFLICT (topic, partition) DO UPDATE
+    SET next_offset = GREATEST(exporter_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()
+    RETURNING 1
+)
+SELECT count(*) FROM exporter_parked_children"""
+
+
+class _RowRefused(Exception):
+    """A row error in the optimistic pass; the batch is written again, isolating rows."""
 
 
 class PostgresSink:
@@ -89,6 +98,7 @@ class PostgresSink:
         self._topic = topic
         self._conninfo = conninfo
         self._statements = {spec.table: statements_for(spec) for spec in FLUSH_ORDER}
+        self._adopt_statement = adopt_parked_statement(FLUSH_ORDER)
         self._decoder = Decoder()
         self._pool = ConnectionPool(
             conninfo,
@@ -135,38 +145,38 @@ class PostgresSink:
 
     def write(self, batch: Batch) -> FlushReport:
         started = time.perf_counter()
+        # Optimistic first: no savepoints, so fewer round trips. Only a batch holding
+        # a row PostgreSQL refuses pays for a second pass that isolates it.
+        try:
+            report = self._write_once(batch, isolate_rows=False)
+        except _RowRefused:
+            report = self._write_once(batch, isolate_rows=True)
+        report.total_s = time.perf_counter() - started
+        return report
+
+    def _write_once(self, batch: Batch, *, isolate_rows: bool) -> FlushReport:
         report = FlushReport()
         try:
             with self._pool.connection(timeout=10) as conn:
                 with conn.transaction():
                     with conn.cursor() as cur:
+                        adopted: dict[str, list[Adopted]] | None = None
                         for spec in FLUSH_ORDER:
-                            self._write_table(conn, cur, spec, batch, report)
-                        dead = batch.dead_letters + report.dead_letters
-                        if dead:
-                            cur.executemany(
-                                _INSERT_DEAD_LETTER,
-                                [
-                                    (
-                                        self._topic,
-                                        d.partition,
-                                        d.offset,
-                                        d.key,
-                                        d.value,
-                                        d.stage,
-                                        d.reason,
-                                        d.sqlstate,
-                                        d.error,
-                                    )
-                                    for d in dead
-                                ],
-                            )
-                        if batch.next_offsets:
-                            parts = list(batch.next_offsets)
-                            cur.execute(
-                                _SAVE_OFFSETS, (self._topic, parts, [batch.next_offsets[p] for p in parts])
-                            )
-                        row = cur.execute("SELECT count(*) FROM exporter_parked_children").fetchone()
+                            rows = batch.tables.get(spec.table)
+                            outcome = TableOutcome()
+                            if spec.is_child:
+                                # Every parent table precedes every child table in FLUSH_ORDER.
+                                if adopted is None:
+                                    adopted = self._adopt_parked(cur, report)
+                                rows, outcome.adopted = _merged(spec, rows, adopted.get(spec.table))
+                            if rows is not None and len(rows):
+                                self._write_table(conn, cur, rows, outcome, report, isolate_rows)
+                                report.tables[spec.table] = outcome
+                        self._write_dead_letters(cur, batch.dead_letters + report.dead_letters)
+                        parts = list(batch.next_offsets)
+                        row = cur.execute(
+                            _SAVE_OFFSETS, (self._topic, parts, [batch.next_offsets[p] for p in parts])
+                        ).fetchone()
                         report.parked_waiting = int(row[0]) if row else 0
                     commit_started = time.perf_counter()
                 report.commit_s = time.perf_counter() - commit_started
@@ -174,67 +184,92 @@ class PostgresSink:
             if is_retryable(exc):
                 raise RetryableError(f"flush failed, will retry: {type(exc).__name__}: {exc}") from exc
             raise
-        report.total_s = time.perf_counter() - started
         return report
 
     def _write_table(
         self,
         conn: psycopg.Connection[Any],
         cur: psycopg.Cursor[Any],
-        spec: TableSpec,
-        batch: Batch,
+        rows: TableRows,
+        outcome: TableOutcome,
         report: FlushReport,
+        isolate_rows: bool,
     ) -> None:
-        stmts = self._statements[spec.table]
-        rows = batch.tables.get(spec.table)
-        outcome = TableOutcome()
-        if stmts.adopt_parked is not None:
-            adopted = self._adopt_parked(cur, stmts, spec, rows, report)
-            if adopted is not None:
-                outcome.adopted = len(adopted) - (len(rows) if rows else 0)
-                rows = adopted
-        if rows is None or not rows.lines:
-            if outcome.adopted:
-                report.tables[spec.table] = outcome
-            return
+        stmts = self._statements[rows.spec.table]
         t0 = time.perf_counter()
         with cur.copy(stmts.copy) as copy:
             copy.write("".join(rows.lines))
         t1 = time.perf_counter()
-        self._apply(conn, cur, stmts, rows, 0, len(rows) - 1, outcome, report)
+        if isolate_rows:
+            self._apply_isolating(conn, cur, stmts, rows, 0, len(rows) - 1, outcome, report)
+        else:
+            try:
+                self._apply(cur, stmts, rows, 0, len(rows) - 1, outcome)
+            except psycopg.Error as exc:
+                if is_row_error(exc):
+                    raise _RowRefused from exc
+                raise
         outcome.copy_s = t1 - t0
         outcome.apply_s = time.perf_counter() - t1
-        report.tables[spec.table] = outcome
 
-    def _adopt_parked(
-        self,
-        cur: psycopg.Cursor[Any],
-        stmts: TableStatements,
-        spec: TableSpec,
-        rows: TableRows | None,
-        report: FlushReport,
-    ) -> TableRows | None:
-        """Moves parked children whose parents are now stored into this batch's rows."""
-        assert stmts.adopt_parked is not None
-        parked = cur.execute(stmts.adopt_parked).fetchall()
-        if not parked:
-            return None
-        merged = TableRows(spec, list(rows.lines), list(rows.sources)) if rows else TableRows(spec)
-        for partition, offset, stored_key, stored_value in parked:
+    def _write_dead_letters(self, cur: psycopg.Cursor[Any], dead: list[DeadLetter]) -> None:
+        if dead:
+            cur.executemany(
+                _INSERT_DEAD_LETTER,
+                [
+                    (
+                        self._topic,
+                        d.partition,
+                        d.offset,
+                        d.key,
+                        d.value,
+                        d.stage,
+                        d.reason,
+                        d.sqlstate,
+                        d.error,
+                    )
+                    for d in dead
+                ],
+            )
+
+    def _adopt_parked(self, cur: psycopg.Cursor[Any], report: FlushReport) -> dict[str, list[Adopted]]:
+        """Takes parked children whose parents are now stored, decoded, per table."""
+        adopted: dict[str, list[Adopted]] = {}
+        for table, partition, offset, stored_key, stored_value in cur.execute(self._adopt_statement):
             value = bytes(stored_value)
             key = bytes(stored_key) if stored_key is not None else None
             try:
-                decoded_spec, text = self._decoder.decode(value)
+                _spec, text = self._decoder.decode(value)
             except DecodeError as exc:  # cannot happen unless the contract changed under a parked row
                 report.dead_letters.append(
                     DeadLetter(partition, offset, key, value, "decode", exc.reason, exc.detail)
                 )
                 continue
-            if decoded_spec.table == spec.table:
-                merged.add(partition, offset, key, value, text)
-        return merged
+            adopted.setdefault(table, []).append((partition, offset, key, value, text))
+        return adopted
 
     def _apply(
+        self,
+        cur: psycopg.Cursor[Any],
+        stmts: TableStatements,
+        rows: TableRows,
+        lo: int,
+        hi: int,
+        outcome: TableOutcome,
+    ) -> None:
+        """Applies staging rows lo..hi in one statement and parks their orphans."""
+        result = cur.execute(stmts.apply, {"lo": lo, "hi": hi}).fetchone()
+        assert result is not None
+        inserted, updated, _staged, ready = (int(c) for c in result[:4])
+        outcome.parked += self._park_orphans(cur, rows, result[4:])
+        outcome.inserted += inserted
+        outcome.updated += updated
+        if rows.spec.mode is WriteMode.UPSERT:
+            outcome.stale += ready - inserted - updated
+        else:
+            outcome.duplicate += ready - inserted
+
+    def _apply_isolating(
         self,
         conn: psycopg.Connection[Any],
         cur: psycopg.Cursor[Any],
@@ -245,12 +280,11 @@ class PostgresSink:
         outcome: TableOutcome,
         report: FlushReport,
     ) -> None:
-        """Applies staging rows lo..hi; on a row error, bisects so only the bad rows are dead-lettered."""
+        """Like _apply, under a savepoint; a refused range is bisected down to its bad rows,
+        which become dead letters. Applying any split of the rows gives the same tables."""
         try:
             with conn.transaction():
-                result = cur.execute(stmts.apply, {"lo": lo, "hi": hi}).fetchone()
-                assert result is not None
-                parked = self._park_orphans(cur, rows, result[4:])
+                self._apply(cur, stmts, rows, lo, hi, outcome)
         except psycopg.Error as exc:
             if not is_row_error(exc):
                 raise
@@ -272,17 +306,8 @@ class PostgresSink:
                 )
                 return
             mid = (lo + hi) // 2
-            self._apply(conn, cur, stmts, rows, lo, mid, outcome, report)
-            self._apply(conn, cur, stmts, rows, mid + 1, hi, outcome, report)
-            return
-        inserted, updated, _staged, ready = (int(c) for c in result[:4])
-        outcome.inserted += inserted
-        outcome.updated += updated
-        outcome.parked += parked
-        if rows.spec.mode is WriteMode.UPSERT:
-            outcome.stale += ready - inserted - updated
-        else:
-            outcome.duplicate += ready - inserted
+            self._apply_isolating(conn, cur, stmts, rows, lo, mid, outcome, report)
+            self._apply_isolating(conn, cur, stmts, rows, mid + 1, hi, outcome, report)
 
     def _park_orphans(self, cur: psycopg.Cursor[Any], rows: TableRows, orphans: tuple[Any, ...]) -> int:
         """Stores children whose parent is missing, raw, until a later flush adopts them."""
@@ -299,6 +324,22 @@ class PostgresSink:
 
     def close(self, timeout_s: float) -> None:
         self._pool.close(timeout=timeout_s)
+
+
+# A parked child taken back: (partition, offset, key, value, COPY text).
+Adopted = tuple[int, int, bytes | None, bytes, str]
+
+
+def _merged(
+    spec: TableSpec, rows: TableRows | None, adopted: list[Adopted] | None
+) -> tuple[TableRows | None, int]:
+    """The batch's rows of a child table plus the parked ones adopted now, numbered after them."""
+    if not adopted:
+        return rows, 0
+    merged = TableRows(spec, list(rows.lines), list(rows.sources)) if rows is not None else TableRows(spec)
+    for partition, offset, key, value, text in adopted:
+        merged.add(partition, offset, key, value, text)
+    return merged, len(adopted)
 
 
 def count_outcomes(report: FlushReport) -> Counter[str]:

@@ -27,7 +27,6 @@ class TableStatements:
     # Returns one row: inserted, updated, staged, ready, then for child tables the
     # orphans (parent missing) as arrays: seqs, then one array per PARKED_PARENT_COLUMNS.
     apply: str
-    adopt_parked: str | None  # child tables: deletes and returns parked rows whose parents arrived
 
 
 def staging_table(spec: TableSpec) -> str:
@@ -122,10 +121,16 @@ written AS (
 {_counts(spec, "count(*)", "0")}"""
 
 
-def _adopt_parked(spec: TableSpec) -> str:
+def adopt_parked_statement(specs: tuple[TableSpec, ...]) -> str:
+    """Deletes and returns every parked child whose parents are now stored, for all child tables."""
+    which = "\n   OR ".join(
+        f"(pc.table_name = '{spec.table}' AND {_parents_present(spec, 'pc')})"
+        for spec in specs
+        if spec.is_child
+    )
     return f"""DELETE FROM exporter_parked_children pc
-WHERE pc.table_name = '{spec.table}' AND {_parents_present(spec, "pc")}
-RETURNING pc.partition, pc."offset", pc.msg_key, pc.msg_value"""
+WHERE {which}
+RETURNING pc.table_name, pc.partition, pc."offset", pc.msg_key, pc.msg_value"""
 
 
 def statements_for(spec: TableSpec) -> TableStatements:
@@ -140,5 +145,4 @@ def statements_for(spec: TableSpec) -> TableStatements:
         ),
         copy=f"COPY {staging_table(spec)} ({stg_cols}) FROM STDIN",
         apply=_upsert(spec) if spec.mode is WriteMode.UPSERT else _append(spec),
-        adopt_parked=_adopt_parked(spec) if spec.is_child else None,
     )

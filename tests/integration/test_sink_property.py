@@ -59,9 +59,7 @@ EVENTS = st.one_of(
         "OrderNak",
         {
             "order_nid": st.integers(1, 5),
-            "message": st.text(
-                st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8
-            ),
+            "message": st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=8),
         },
     ),
     _event(
@@ -86,9 +84,7 @@ EVENTS = st.one_of(
         "Participant",
         {
             "code": st.sampled_from(["P1", "P2"]),
-            "name": st.text(
-                st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=6
-            ),
+            "name": st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=6),
         },
     ),
     _event("Holiday", {"nid": st.integers(1, 2), "date": st.just("2025-12-25")}),

@@ -111,4 +111,7 @@ def test_a_server_whose_port_is_taken_fails_with_its_log_tail(stack: Stack) -> N
         shutil.rmtree(stack_dir, ignore_errors=True)
     assert proc.returncode != 0
     assert "already in use" in proc.stderr and "last lines of" in proc.stderr
+    # Kafka had started before PostgreSQL failed; down stopped it: nothing of that stack runs.
+    leftover = subprocess.run(["pgrep", "-f", str(stack_dir)], capture_output=True, text=True)
+    assert leftover.stdout == "", leftover.stdout
     assert "export KAFKA_URL" not in proc.stdout

@@ -53,4 +53,4 @@ def test_statements_bisect_by_sequence_range() -> None:
     for spec in TABLES:
         stmts = statements_for(spec)
         assert "%(lo)s" in stmts.apply and "%(hi)s" in stmts.apply
-        assert (stmts.adopt_parked is not None) == spec.is_child
+        assert ("parents_ok" in stmts.apply) and (("array_agg(seq" in stmts.apply) == spec.is_child)

@@ -1,0 +1,67 @@
+"""The throughput harness keeps working: --quick runs every stage and writes every figure.
+
+Nothing here judges speed; the figures are for people (README, Performance).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.stack import REPO, Stack
+
+REQUIRED = (
+    "end_to_end_events_per_s",
+    "kafka_ceiling_events_per_s",
+    "pg_ceiling_events_per_s",
+    "ratio_to_pg_ceiling",
+    "latency_p99_ms",
+    "peak_rss_mb",
+)
+
+
+def test_quick_run_reports_every_figure(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **stack.env},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    results = report["results"]
+    for key in REQUIRED:
+        assert key in results and key in report["units"], key
+    assert set(results["latency_p99_ms"]) == {"500", "2000"}
+    assert all(v > 0 for v in results["latency_p99_ms"].values())
+    for key in (
+        "end_to_end_events_per_s",
+        "kafka_ceiling_events_per_s",
+        "pg_ceiling_events_per_s",
+        "peak_rss_mb",
+    ):
+        assert results[key] > 0, key
+    assert (
+        results["ratio_to_pg_ceiling"]
+        == results["end_to_end_events_per_s"] / results["pg_ceiling_events_per_s"]
+    )
+    machine = report["machine"]
+    assert machine["cores"] and machine["postgresql"] and machine["kafka"] and machine["librdkafka"]
+    assert "end_to_end_events_per_s" in proc.stdout  # the table on stdout
+
+
+def test_bad_arguments_are_refused(stack: Stack) -> None:
+    for args in (["--events", "0"], ["--rates", "fast"], ["--partitions", "x"]):
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "benchmarks" / "throughput.py"), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **stack.env},
+        )
+        assert proc.returncode == 2 and "error" in proc.stderr, (args, proc.stderr)

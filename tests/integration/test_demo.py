@@ -1,0 +1,38 @@
+"""`pme-exporter demo`, the README's first command after the install step, on the running stack."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.stack import Stack
+
+
+def test_demo_exports_a_trading_day_and_prints_what_landed(stack: Stack) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pme_exporter.cli", "demo", "--orders", "300"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **stack.env, "PME_METRICS_PORT": "0"},
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "Rows per table:" in out and "Open borrowing by instrument" in out and "Order book by state" in out
+    counts = {
+        line.split()[0]: int(line.split()[1])
+        for line in out.splitlines()
+        if line.startswith("  ") and len(line.split()) == 2
+    }
+    assert counts["orders"] == 300 and counts["contracts"] == 2 * counts["trades"] > 0
+    dead = out.split("Dead letters")[1].split("\n\n")[0]
+    for reason in (
+        "invalid_json",
+        "not_an_object",
+        "unknown_type",
+        "missing_data",
+        "missing_key",
+        "sqlstate_22001",
+    ):
+        assert reason in dead, reason
