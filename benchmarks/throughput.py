@@ -421,7 +421,7 @@ def machine(settings: Settings) -> dict[str, Any]:
         "postgresql": row[0] if row else "?",
         "kafka": kafka.group(1) if kafka else "?",
         "librdkafka": confluent_kafka.libversion()[0],
-        "confluent_kafka": confluent_kafka.version()[0],
+        "confluent_kafka": confluent_kafka.__version__,
         "psycopg": psycopg.__version__,
     }
 
