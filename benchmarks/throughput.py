@@ -32,10 +32,10 @@ from typing import Any
 import confluent_kafka
 import psycopg
 from confluent_kafka import Consumer, Producer
-from psycopg import sql
 
 from pme_exporter.buffers import Batch
 from pme_exporter.consumer import consumer_config
+from pme_exporter.databases import create_database
 from pme_exporter.decode import Decoder
 from pme_exporter.generator import create_topic, trading_day
 from pme_exporter.migrate import migrate
@@ -81,9 +81,7 @@ def stack_env() -> dict[str, str]:
 
 
 def fresh_database(base: Settings, name: str) -> Settings:
-    with psycopg.connect(base.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    create_database(base.conninfo(), name, replace=True)
     settings = base.replace(db_name=name, database_url=None)
     migrate(settings.conninfo())
     return settings
@@ -438,9 +436,11 @@ def plot(path: str, runs: dict[str, dict[str, Any]]) -> None:
     for label, run in runs.items():
         times = [t for t, _ in run["timeline"]]
         done = [d for _, d in run["timeline"]]
-        rates = [0.0] + [
-            (done[i] - done[i - 1]) / max(times[i] - times[i - 1], 1e-6) for i in range(1, len(done))
-        ]
+        # Progress moves in whole flushes, so rate over a trailing one-second window.
+        rates = []
+        for i, t in enumerate(times):
+            j = next(k for k in range(i + 1) if times[k] >= t - 1.0)
+            rates.append((done[i] - done[j]) / max(t - times[j], 1e-6) if i > j else 0.0)
         ax1.plot(times, rates, label=label)
         ax2.plot(times, [run["total"] - d for d in done], label=label)
     ax1.set_ylabel("exported events/s")

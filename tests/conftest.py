@@ -6,10 +6,9 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 
-import psycopg
 import pytest
-from psycopg import sql
 
+from pme_exporter.databases import create_database, drop_database
 from pme_exporter.generator import create_topic
 from pme_exporter.migrate import migrate
 from pme_exporter.settings import Settings
@@ -46,43 +45,26 @@ def admin_conninfo(base_settings: Settings) -> str:
 @pytest.fixture(scope="session")
 def migrated_template(admin_conninfo: str, base_settings: Settings) -> str:
     """A database with the schema applied once; each test's database is a copy."""
-    with psycopg.connect(admin_conninfo, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEMPLATE_DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DB)))
+    create_database(admin_conninfo, TEMPLATE_DB, replace=True)
     migrate(base_settings.replace(db_name=TEMPLATE_DB).conninfo())
     return TEMPLATE_DB
 
 
-def _create_db(admin_conninfo: str, template: str | None) -> str:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-    if template:
-        query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(template)
-        )
-    with psycopg.connect(admin_conninfo, autocommit=True) as conn:
-        conn.execute(query)
-    return name
-
-
-def _drop_db(admin_conninfo: str, name: str) -> None:
-    with psycopg.connect(admin_conninfo, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 @pytest.fixture
 def empty_db(admin_conninfo: str) -> Iterator[str]:
-    name = _create_db(admin_conninfo, None)
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    create_database(admin_conninfo, name)
     yield name
-    _drop_db(admin_conninfo, name)
+    drop_database(admin_conninfo, name)
 
 
 @pytest.fixture
 def db(admin_conninfo: str, migrated_template: str) -> Iterator[str]:
     """A fresh, migrated database of this test's own."""
-    name = _create_db(admin_conninfo, migrated_template)
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    create_database(admin_conninfo, name, template=migrated_template)
     yield name
-    _drop_db(admin_conninfo, name)
+    drop_database(admin_conninfo, name)
 
 
 @pytest.fixture

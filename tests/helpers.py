@@ -200,6 +200,14 @@ class ExporterProcess:
         self._log.close()
         return code
 
+    def wait_started(self, timeout_s: float = 60) -> None:
+        """Until the worker logs that it runs (its signal handlers are installed by then)."""
+        deadline = time.monotonic() + timeout_s
+        while "Database Exporter Service started" not in self.log_tail(500):
+            assert self.proc.poll() is None, self.log_tail()
+            assert time.monotonic() < deadline, self.log_tail()
+            time.sleep(0.1)
+
     def log_tail(self, lines: int = 30) -> str:
         with open(self.log_path, "rb") as f:
             return b"\n".join(f.read().splitlines()[-lines:]).decode(errors="replace")

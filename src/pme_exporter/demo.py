@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from pme_exporter.app import run_exporter
+from pme_exporter.databases import create_database
 from pme_exporter.errors import EXIT_FAILURE, EXIT_OK, ConfigError
 from pme_exporter.generator import create_topic, produce, trading_day
 from pme_exporter.schema import TABLES
@@ -59,9 +60,7 @@ def run_demo(settings: Settings, *, orders: int, seed: int) -> int:
         env.update(local_stack_settings())
     base = Settings.from_env(env)
     topic = f"pme-ledger-demo-{int(time.time())}"
-    with psycopg.connect(base.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DEMO_DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DB)))
+    create_database(base.conninfo(), DEMO_DB, replace=True)
     demo = base.replace(kafka_topic=topic, kafka_group_id=topic, db_name=DEMO_DB, database_url=None)
 
     create_topic(demo.kafka_url, topic, partitions=3)

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pme_exporter.buffers import Batch
+from pme_exporter.databases import create_database, drop_database
 from pme_exporter.decode import Decoder
 from pme_exporter.schema import TABLES
 from pme_exporter.settings import Settings
@@ -96,12 +97,9 @@ EVENTS = st.one_of(
 @pytest.fixture(scope="module")
 def sink_conninfo(base_settings: Settings, admin_conninfo: str, migrated_template: str) -> Iterator[str]:
     name = "t_sink_property"
-    with psycopg.connect(admin_conninfo, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {migrated_template}")
+    create_database(admin_conninfo, name, template=migrated_template, replace=True)
     yield base_settings.replace(db_name=name).conninfo()
-    with psycopg.connect(admin_conninfo, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    drop_database(admin_conninfo, name)
 
 
 @pytest.fixture(scope="module")
