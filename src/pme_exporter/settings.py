@@ -51,7 +51,7 @@ class Settings:
     database_url: str | None = field(default=None, repr=False)
     max_batch_events: int = 20_000
     flush_interval_ms: int = 500
-    max_buffered_events: int = 60_000
+    max_buffered_events: int = 40_000
     metrics_port: int = 9108
     log_level: str = "INFO"
     shutdown_deadline_s: float = 30.0
