@@ -50,8 +50,10 @@ class Settings:
     db_sslmode: str = "prefer"
     database_url: str | None = field(default=None, repr=False)
     max_batch_events: int = 20_000
+    # Under a backlog batches grow to this bound while the previous one is written;
+    # on 1M events 60k was 5% faster than 40k (less database work per event).
     flush_interval_ms: int = 500
-    max_buffered_events: int = 40_000
+    max_buffered_events: int = 60_000
     metrics_port: int = 9108
     log_level: str = "INFO"
     shutdown_deadline_s: float = 30.0
