@@ -37,10 +37,11 @@ from pme_exporter.buffers import Batch
 from pme_exporter.consumer import consumer_config
 from pme_exporter.databases import create_database
 from pme_exporter.decode import Decoder
+from pme_exporter.demo import local_stack_settings
 from pme_exporter.generator import create_topic, trading_day
 from pme_exporter.migrate import migrate
 from pme_exporter.schema import FLUSH_ORDER
-from pme_exporter.settings import ENVIRONMENT_VARIABLES, Settings
+from pme_exporter.settings import Settings
 from pme_exporter.sqlgen import statements_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,14 +71,7 @@ def stack_env() -> dict[str, str]:
     env = dict(os.environ)
     if env.get("KAFKA_URL") and (env.get("DB_HOST") or env.get("DATABASE_URL")):
         return env
-    out = subprocess.run(
-        [str(REPO / "deploy/local/up")], check=True, stdout=subprocess.PIPE, text=True
-    ).stdout
-    for line in out.splitlines():
-        if line.startswith("export "):
-            name, _, value = line[7:].partition("=")
-            env[name] = value
-    return env
+    return env | local_stack_settings()
 
 
 def fresh_database(base: Settings, name: str) -> Settings:
@@ -88,13 +82,10 @@ def fresh_database(base: Settings, name: str) -> Settings:
 
 
 def exporter_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DB_", "PME_"))}
-    for name, attr in ENVIRONMENT_VARIABLES:
-        value = getattr(settings, attr)
-        if value is not None:
-            env[name] = str(value)
-    env["PME_LOG_LEVEL"] = "WARNING"
-    return env
+    inherited = {
+        k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DB_", "PME_", "DATABASE_URL"))
+    }
+    return inherited | settings.to_env() | {"PME_LOG_LEVEL": "WARNING"}
 
 
 # -- producing -----------------------------------------------------------------------

@@ -163,14 +163,10 @@ def exporter_env(settings: Settings) -> dict[str, str]:
     """The environment that makes ``pme-exporter run`` use these settings."""
     import os
 
-    from pme_exporter.settings import ENVIRONMENT_VARIABLES
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DB_", "PME_", "DATABASE_URL"))}
-    for name, attr in ENVIRONMENT_VARIABLES:
-        value = getattr(settings, attr)
-        if value is not None:
-            env[name] = str(value)
-    return env
+    inherited = {
+        k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DB_", "PME_", "DATABASE_URL"))
+    }
+    return inherited | settings.to_env()
 
 
 class ExporterProcess:

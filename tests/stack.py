@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from pme_exporter.demo import parse_exports
+
 REPO = Path(__file__).resolve().parents[1]
 UP = REPO / "deploy" / "local" / "up"
 DOWN = REPO / "deploy" / "local" / "down"
@@ -30,15 +32,6 @@ class Stack:
     @property
     def kafka_url(self) -> str:
         return self.env["KAFKA_URL"]
-
-
-def parse_exports(text: str) -> dict[str, str]:
-    values = {}
-    for line in text.splitlines():
-        if line.startswith("export ") and "=" in line:
-            name, _, value = line[len("export ") :].partition("=")
-            values[name] = value
-    return values
 
 
 def run_up(extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

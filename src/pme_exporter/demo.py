@@ -42,11 +42,14 @@ def local_stack_settings() -> dict[str, str]:
     up = Path(__file__).resolve().parents[2] / "deploy" / "local" / "up"
     if not up.exists():
         raise ConfigError("KAFKA_URL and DB_HOST are not set and deploy/local/up is not beside this install")
-    out = subprocess.run(
-        [str(up)], check=True, capture_output=False, stdout=subprocess.PIPE, text=True
-    ).stdout
+    out = subprocess.run([str(up)], check=True, stdout=subprocess.PIPE, text=True).stdout
+    return parse_exports(out)
+
+
+def parse_exports(text: str) -> dict[str, str]:
+    """The ``export NAME=value`` lines that deploy/local/up prints."""
     values = {}
-    for line in out.splitlines():
+    for line in text.splitlines():
         if line.startswith("export ") and "=" in line:
             name, _, value = line[len("export ") :].partition("=")
             values[name] = value

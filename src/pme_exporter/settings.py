@@ -162,6 +162,14 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    def to_env(self) -> dict[str, str]:
+        """The variables that make ``from_env`` build these settings again (secrets included)."""
+        return {
+            name: str(getattr(self, attr))
+            for name, attr in ENVIRONMENT_VARIABLES
+            if getattr(self, attr) is not None
+        }
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Builds settings from environment variables; raises ConfigError naming the bad one."""
