@@ -430,10 +430,10 @@ def plot(path: str, runs: dict[str, dict[str, Any]]) -> None:
     for label, run in runs.items():
         times = [t for t, _ in run["timeline"]]
         done = [d for _, d in run["timeline"]]
-        # Progress moves in whole flushes, so rate over a trailing one-second window.
+        # Progress moves in whole flushes, so rate over a trailing three-second window.
         rates = []
         for i, t in enumerate(times):
-            j = next(k for k in range(i + 1) if times[k] >= t - 1.0)
+            j = next(k for k in range(i + 1) if times[k] >= t - 3.0)
             rates.append((done[i] - done[j]) / max(t - times[j], 1e-6) if i > j else 0.0)
         ax1.plot(times, rates, label=label)
         ax2.plot(times, [run["total"] - d for d in done], label=label)
@@ -541,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "machine": machine(settings),
         "measured_at": datetime.now(UTC).isoformat(),
+        "timelines_s_exported": {"backlog": run["timeline"], "double_backlog": doubled["timeline"]},
     }
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(report, indent=2))
