@@ -94,5 +94,7 @@ def test_every_variable_is_in_the_readme() -> None:
 
 
 def test_to_env_builds_the_same_settings_again() -> None:
-    s = Settings.from_env({"DB_PASSWORD": "pw", "PME_GROUP_INSTANCE_ID": "pod-1", "PME_MAX_BATCH_EVENTS": "7"})
+    s = Settings.from_env(
+        {"DB_PASSWORD": "pw", "PME_GROUP_INSTANCE_ID": "pod-1", "PME_MAX_BATCH_EVENTS": "7"}
+    )
     assert Settings.from_env(s.to_env()) == s
