@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
 from pme_exporter.app import run_exporter
+from pme_exporter.generator import Located
 from pme_exporter.metrics import Metrics
 from pme_exporter.settings import Settings
 
@@ -99,49 +99,7 @@ def wait_exported(conninfo: str, topic: str, ends: dict[int, int], timeout_s: fl
     raise AssertionError(f"not exported within {timeout_s}s: stored {stored}, produced up to {ends}")
 
 
-def publish(
-    bootstrap: str, topic: str, events: Sequence[tuple[int | None, bytes | None, bytes | None]]
-) -> list[tuple[int, int, bytes | None]]:
-    """Produces (partition or None for keyed, key, value) in order; returns (partition, offset, value) of each."""
-    from confluent_kafka import Producer
-
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
-    located: dict[int, tuple[int, int, bytes | None]] = {}
-    errors: list[str] = []
-
-    def callback(index: int) -> Any:
-        def delivered(err: Any, msg: Any) -> None:
-            if err is not None:
-                errors.append(str(err))
-            else:
-                located[index] = (msg.partition(), msg.offset(), msg.value())
-
-        return delivered
-
-    for index, (partition, key, value) in enumerate(events):
-        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": callback(index)}
-        if partition is not None:
-            kwargs["partition"] = partition
-        while True:
-            try:
-                producer.produce(topic, **kwargs)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-    producer.flush(60)
-    assert not errors and len(located) == len(events), errors[:3]
-    return [located[i] for i in range(len(events))]
-
-
-def ends_of(located: list[tuple[int, int, bytes | None]]) -> dict[int, int]:
-    ends: dict[int, int] = {}
-    for partition, offset, _ in located:
-        ends[partition] = max(ends.get(partition, 0), offset + 1)
-    return ends
-
-
-def valid_only(located: list[tuple[int, int, bytes | None]]) -> list[tuple[int, int, bytes]]:
+def valid_only(located: list[Located]) -> list[tuple[int, int, bytes]]:
     """The messages the model applies: no tombstones, nothing the decoder refuses."""
     from pme_exporter.decode import Decoder
     from pme_exporter.errors import DecodeError

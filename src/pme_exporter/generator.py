@@ -8,7 +8,7 @@ does, so all events of one entity land on one partition, in order.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -228,8 +228,16 @@ def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
         future.result(timeout=30)
 
 
-def produce(bootstrap: str, topic: str, events: Iterator[Event] | list[Event]) -> dict[int, int]:
-    """Publishes events in order; returns the end offset (next offset) per partition."""
+# (partition, or None to let the key choose; key; value) of a message to send.
+Outgoing = tuple[int | None, bytes | None, bytes | None]
+# (partition, offset, value) of a message the broker stored.
+Located = tuple[int, int, bytes | None]
+
+
+def publish(
+    bootstrap: str, topic: str, events: Iterable[Outgoing], *, compression: str = "none"
+) -> list[Located]:
+    """Sends events in order and returns where each one was stored, in the same order."""
     from confluent_kafka import Producer
 
     producer = Producer(
@@ -239,26 +247,48 @@ def produce(bootstrap: str, topic: str, events: Iterator[Event] | list[Event]) -
             "batch.size": 1_000_000,
             "queue.buffering.max.messages": 500_000,
             "enable.idempotence": True,
+            "compression.type": compression,
         }
     )
-    ends: dict[int, int] = {}
+    located: list[Located | None] = []
     failures: list[str] = []
 
-    def delivered(err: Any, msg: Any) -> None:
-        if err is not None:
-            failures.append(str(err))
-        else:
-            ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+    def delivered(index: int) -> Callable[[Any, Any], None]:
+        def callback(err: Any, msg: Any) -> None:
+            if err is not None:
+                failures.append(str(err))
+            else:
+                located[index] = (msg.partition(), msg.offset(), msg.value())
 
-    for key, value in events:
+        return callback
+
+    for partition, key, value in events:
+        located.append(None)
+        callback = delivered(len(located) - 1)
         while True:
             try:
-                producer.produce(topic, value=value, key=key, on_delivery=delivered)
+                if partition is None:
+                    producer.produce(topic, value=value, key=key, on_delivery=callback)
+                else:
+                    producer.produce(topic, value=value, key=key, partition=partition, on_delivery=callback)
                 break
             except BufferError:
                 producer.poll(0.05)
         producer.poll(0)
-    remaining = producer.flush(60)
-    if remaining or failures:
+    remaining = producer.flush(120)
+    if remaining or failures or None in located:
         raise RuntimeError(f"produce failed: {remaining} undelivered, errors: {failures[:3]}")
+    return [place for place in located if place is not None]
+
+
+def ends_of(located: Iterable[Located]) -> dict[int, int]:
+    """The next offset per partition after these messages."""
+    ends: dict[int, int] = {}
+    for partition, offset, _ in located:
+        ends[partition] = max(ends.get(partition, 0), offset + 1)
     return ends
+
+
+def produce(bootstrap: str, topic: str, events: Iterable[Event]) -> dict[int, int]:
+    """Publishes keyed events in order; returns the end offset (next offset) per partition."""
+    return ends_of(publish(bootstrap, topic, ((None, key, value) for key, value in events)))

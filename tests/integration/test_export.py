@@ -9,8 +9,9 @@ from decimal import Decimal
 import orjson
 import psycopg
 
+from pme_exporter.generator import ends_of, publish
 from pme_exporter.settings import Settings
-from tests.helpers import ExporterThread, ends_of, publish, valid_only, wait_exported
+from tests.helpers import ExporterThread, valid_only, wait_exported
 from tests.model import apply_events, diff, snapshot
 from tests.stack import Stack
 

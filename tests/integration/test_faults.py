@@ -17,9 +17,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pme_exporter.generator import trading_day
+from pme_exporter.generator import ends_of, publish, trading_day
 from pme_exporter.settings import Settings
-from tests.helpers import ExporterProcess, ends_of, publish, stored_offsets, wait_exported
+from tests.helpers import ExporterProcess, stored_offsets, wait_exported
 from tests.model import apply_events, diff, snapshot
 from tests.stack import Stack, run_up, stop_local
 

@@ -19,10 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pme_exporter.decode import Decoder
 from pme_exporter.errors import DecodeError
-from pme_exporter.generator import trading_day
+from pme_exporter.generator import ends_of, publish, trading_day
 from pme_exporter.schema import TABLES
 from pme_exporter.settings import Settings
-from tests.helpers import ends_of, exporter_env, publish, wait_exported
+from tests.helpers import exporter_env, wait_exported
 from tests.stack import REPO, Stack
 
 
