@@ -246,7 +246,7 @@ def pg_ceiling(
             if not rows:
                 continue
             path = workdir / f"{start}-{spec.table}.copy"
-            path.write_text("".join(rows.lines))
+            path.write_bytes(rows.copy_data)
             columns = statements[spec.table].copy.split("(", 1)[1].split(")", 1)[0]
             script.append(f"\\copy stg_{spec.table} ({columns}) FROM '{path}'")
             script.append(

@@ -48,22 +48,24 @@ class DeadLetter:
 
 @dataclass
 class TableRows:
-    """One table's staging rows as COPY text lines: seq, src_partition, src_offset, ts, columns.
+    """One table's staging rows as COPY text, ready to send: seq, src_partition, src_offset, ts, columns.
 
     ``seq`` is the row's index here, so a row the database refuses maps back to
     its message in ``sources``.
     """
 
     spec: TableSpec
-    lines: list[str] = field(default_factory=list)
+    copy_data: bytearray = field(default_factory=bytearray)
     sources: list[Source] = field(default_factory=list)
 
     def add(self, partition: int, offset: int, key: bytes | None, value: bytes, text: str) -> None:
-        self.lines.append(f"{len(self.lines)}\t{partition}\t{offset}\t{text}\n")
+        # Encoded here, in the consumer thread, so the flusher hands PostgreSQL
+        # bytes without holding the GIL for a join and an encode of the batch.
+        self.copy_data += f"{len(self.sources)}\t{partition}\t{offset}\t{text}\n".encode()
         self.sources.append((partition, offset, key, value))
 
     def __len__(self) -> int:
-        return len(self.lines)
+        return len(self.sources)
 
 
 @dataclass

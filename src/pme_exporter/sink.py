@@ -198,7 +198,7 @@ class PostgresSink:
         stmts = self._statements[rows.spec.table]
         t0 = time.perf_counter()
         with cur.copy(stmts.copy) as copy:
-            copy.write("".join(rows.lines))
+            copy.write(rows.copy_data)
         t1 = time.perf_counter()
         if isolate_rows:
             self._apply_isolating(conn, cur, stmts, rows, 0, len(rows) - 1, outcome, report)
@@ -336,7 +336,11 @@ def _merged(
     """The batch's rows of a child table plus the parked ones adopted now, numbered after them."""
     if not adopted:
         return rows, 0
-    merged = TableRows(spec, list(rows.lines), list(rows.sources)) if rows is not None else TableRows(spec)
+    merged = (
+        TableRows(spec, bytearray(rows.copy_data), list(rows.sources))
+        if rows is not None
+        else TableRows(spec)
+    )
     for partition, offset, key, value, text in adopted:
         merged.add(partition, offset, key, value, text)
     return merged, len(adopted)

@@ -24,8 +24,9 @@ def test_batch_routes_rows_and_tracks_next_offsets() -> None:
     assert batch.size == 4 and batch.tombstones == 1
     assert batch.next_offsets == {0: 12, 1: 5}
     rows = batch.tables["orders"]
-    assert [line.split("\t")[:3] for line in rows.lines] == [["0", "0", "10"], ["1", "1", "4"]]
-    assert all(line.endswith("\n") for line in rows.lines)
+    lines = rows.copy_data.decode().splitlines(keepends=True)
+    assert [line.split("\t")[:3] for line in lines] == [["0", "0", "10"], ["1", "1", "4"]]
+    assert all(line.endswith("\n") for line in lines) and len(rows) == 2
     assert rows.sources[1] == (1, 4, b"Order:2", order(2))
     [dead] = batch.dead_letters
     assert (dead.partition, dead.offset, dead.reason, dead.value) == (
