@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 
 from pme_exporter.app import run_exporter
+from pme_exporter.decode import Decoder
+from pme_exporter.errors import DecodeError
 from pme_exporter.generator import Located
 from pme_exporter.metrics import Metrics
 from pme_exporter.settings import Settings
@@ -101,9 +109,6 @@ def wait_exported(conninfo: str, topic: str, ends: dict[int, int], timeout_s: fl
 
 def valid_only(located: list[Located]) -> list[tuple[int, int, bytes]]:
     """The messages the model applies: no tombstones, nothing the decoder refuses."""
-    from pme_exporter.decode import Decoder
-    from pme_exporter.errors import DecodeError
-
     decoder = Decoder()
     kept = []
     for partition, offset, value in located:
@@ -119,8 +124,6 @@ def valid_only(located: list[Located]) -> list[tuple[int, int, bytes]]:
 
 def exporter_env(settings: Settings) -> dict[str, str]:
     """The environment that makes ``pme-exporter run`` use these settings."""
-    import os
-
     inherited = {
         k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DB_", "PME_", "DATABASE_URL"))
     }
@@ -131,11 +134,8 @@ class ExporterProcess:
     """``pme-exporter run`` as a child process: the entrypoint of the container image."""
 
     def __init__(self, settings: Settings, log_path: Any) -> None:
-        import subprocess
-        import sys
-
         self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in kill() and terminate()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pme_exporter.cli", "run"],
             env=exporter_env(settings),
@@ -165,3 +165,33 @@ class ExporterProcess:
     def log_tail(self, lines: int = 30) -> str:
         with open(self.log_path, "rb") as f:
             return b"\n".join(f.read().splitlines()[-lines:]).decode(errors="replace")
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def http_status(port: int, path: str) -> int:
+    """The status of GET http://127.0.0.1:port/path, errors included."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def scrape(port: int) -> Samples:
+    """Every sample /metrics exposes, by name and sorted labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include these."""
+    return sum(
+        v for (n, ls), v in samples.items() if n == name and all((k, w) in ls for k, w in labels.items())
+    )

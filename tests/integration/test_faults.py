@@ -9,8 +9,6 @@ from __future__ import annotations
 import random
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 
 from pme_exporter.generator import ends_of, publish, trading_day
 from pme_exporter.settings import Settings
-from tests.helpers import ExporterProcess, stored_offsets, wait_exported
+from tests.helpers import ExporterProcess, http_status, scrape, stored_offsets, total, wait_exported
 from tests.model import apply_events, diff, snapshot
 from tests.stack import Stack, run_up, stop_local
 
@@ -104,14 +102,6 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     _assert_tables_equal_model(s.conninfo(), located)
 
 
-def _http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback only
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 def test_database_outage_is_survived_without_restart(
     stack: Stack, settings: Settings, make_topic: Callable[[int], str], tmp_path: Path, free_port: int
 ) -> None:
@@ -128,25 +118,21 @@ def test_database_outage_is_survived_without_restart(
         max_buffered_events=4_000,
     )
     worker = ExporterProcess(s, tmp_path / "exporter.log")
-    ready_url = f"http://127.0.0.1:{free_port}/readyz"
     try:
         _wait_progress(s.conninfo(), topic, 0)
-        assert _http_status(ready_url) == 200
+        assert http_status(free_port, "/readyz") == 200
         stop_local("postgres")
         stopped_at = time.monotonic()
         second = publish(stack.kafka_url, topic, [(None, k, v) for k, v in trading_day(9_500, seed=4)][60:])
         time.sleep(2)
-        assert _http_status(ready_url) == 503
+        assert http_status(free_port, "/readyz") == 503
         time.sleep(max(0.0, 11 - (time.monotonic() - stopped_at)))
         up = run_up()
         assert up.returncode == 0, up.stderr[-3000:]
         located = first + second
         wait_exported(s.conninfo(), topic, ends_of(located), timeout_s=180)
-        assert _http_status(ready_url) == 200
-        with urllib.request.urlopen(f"http://127.0.0.1:{free_port}/metrics", timeout=5) as response:
-            metrics = response.read().decode()
-        retries = [line for line in metrics.splitlines() if line.startswith("pme_exporter_db_retries_total")]
-        assert retries and float(retries[0].split()[-1]) > 0
+        assert http_status(free_port, "/readyz") == 200
+        assert total(scrape(free_port), "pme_exporter_db_retries_total") > 0
     finally:
         code = worker.terminate() if worker.proc.poll() is None else worker.proc.returncode
         run_up()  # whatever happened, leave PostgreSQL running for the next test

@@ -9,20 +9,18 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
-from prometheus_client.parser import text_string_to_metric_families
 
 from pme_exporter.decode import Decoder
 from pme_exporter.errors import DecodeError
 from pme_exporter.generator import ends_of, publish, trading_day
 from pme_exporter.schema import TABLES
 from pme_exporter.settings import Settings
-from tests.helpers import exporter_env, wait_exported
+from tests.helpers import exporter_env, http_status, scrape, total, wait_exported
 from tests.stack import REPO, Stack
 
 
@@ -32,30 +30,6 @@ def dockerfile_command() -> list[str]:
     entrypoint = re.findall(r"^ENTRYPOINT (\[.*\])$", text, re.M)[-1]
     cmd = re.findall(r"^CMD (\[.*\])$", text, re.M)[-1]
     return [*json.loads(entrypoint), *json.loads(cmd)]
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
-
-
-def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    return sum(
-        v for (n, ls), v in samples.items() if n == name and all((k, w) in ls for k, w in labels.items())
-    )
-
-
-def status(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
 
 
 def test_metrics_match_what_happened_in_a_real_run(
@@ -95,7 +69,7 @@ def test_metrics_match_what_happened_in_a_real_run(
                 break
             assert time.monotonic() < deadline, f"lag did not reach 0: {lag}"
             time.sleep(0.5)
-        assert status(free_port, "/healthz") == 200 and status(free_port, "/readyz") == 200
+        assert http_status(free_port, "/healthz") == 200 and http_status(free_port, "/readyz") == 200
         with psycopg.connect(s.conninfo()) as conn:
             counts: dict[str, int] = {}
             for spec in TABLES:
