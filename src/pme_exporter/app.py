@@ -105,7 +105,8 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         log.log(
             logging.INFO if batch.size or adopted else logging.DEBUG,
             "[DB-EXPORTER] Flushed %d events in %.0f ms (copy %.0f, upsert %.0f, commit %.0f): "
-            "%d inserted, %d updated, %d stale, %d duplicate, %d parked, %d adopted, %d dead letters",
+            "%d inserted, %d updated, %d stale, %d duplicate, %d carried, %d parked, %d adopted, "
+            "%d dead letters",
             batch.size,
             report.total_s * 1000,
             sum(o.copy_s for o in report.tables.values()) * 1000,
@@ -115,6 +116,7 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
             totals["updated"],
             totals["stale"],
             totals["duplicate"],
+            totals["carried"],
             totals["parked"],
             adopted,
             dead,

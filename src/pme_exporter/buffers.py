@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,6 +44,23 @@ class DeadLetter:
     reason: str  # short class for metrics: 'unknown_type', 'sqlstate_22001', ...
     error: str
     sqlstate: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """A child row whose parent was not stored when its batch was written.
+
+    Rather than parking it in the database, the sink hands it back and the
+    consumer adds it to the next batch; the partition's saved offset stays at
+    the orphan until it is written, so a crash reads it again.
+    """
+
+    table: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    carries: int  # flushes it has already been carried over
 
 
 @dataclass
@@ -80,6 +97,10 @@ class Batch:
     tombstones: int = 0
     started_at: float | None = None
     newest_event_ms: int = 0
+    # Orphans carried over from the previous flush, by (partition, offset): how often.
+    carries: dict[tuple[int, int], int] = field(default_factory=dict)
+    # Set on the last batch before partitions are given up: orphans are parked, not carried.
+    closing: bool = False
 
     def add(self, messages: list[Message]) -> None:
         """Decodes and buffers messages; invalid ones become dead letters, never exceptions."""
@@ -114,6 +135,28 @@ class Batch:
             buf.add(partition, offset, msg.key(), value, text)
         self.size += len(messages)
         self.newest_event_ms = max(self.newest_event_ms, messages[-1].timestamp()[1])
+
+    def carry(self, orphans: list[Orphan], ends: Mapping[int, int]) -> None:
+        """Takes the previous flush's orphans; ``ends`` are that batch's next offsets.
+
+        The orphans are decoded again here, in the consumer thread, and become
+        ordinary rows of this batch; events are not counted twice.
+        """
+        if not orphans:
+            return
+        if self.started_at is None:
+            self.started_at = self.clock()
+        decode = self.decoder.decode
+        for orphan in orphans:
+            spec, text = decode(orphan.value)  # it decoded before; the decoder is deterministic
+            buf = self.tables.get(spec.table)
+            if buf is None:
+                buf = self.tables[spec.table] = TableRows(spec)
+            buf.add(orphan.partition, orphan.offset, orphan.key, orphan.value, text)
+            self.carries[(orphan.partition, orphan.offset)] = orphan.carries
+            partition = orphan.partition
+            self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), ends[partition])
+        self.size += len(orphans)
 
     def age_s(self) -> float:
         return 0.0 if self.started_at is None else self.clock() - self.started_at

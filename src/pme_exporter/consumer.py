@@ -181,7 +181,11 @@ class ConsumerLoop:
             raise FatalError(f"a batch could not be written: {exc}") from exc
         if report is None:
             return
-        offsets, self._inflight_offsets = self._inflight_offsets or {}, None
+        ends, self._inflight_offsets = self._inflight_offsets or {}, None
+        offsets = report.saved_offsets
+        # Orphans of partitions given up meanwhile stay behind: their saved offset
+        # points at them, so the new owner reads them again.
+        self._batch.carry([o for o in report.carried if o.partition in self._assigned], ends)
         self._parked_waiting = report.parked_waiting
         self._newest_exported_ms = max(self._newest_exported_ms, self._inflight_newest_ms)
         for partition, next_offset in offsets.items():
@@ -199,6 +203,7 @@ class ConsumerLoop:
             return False
         self._collect()
         if self._batch.size > 0:
+            self._batch.closing = True  # no later batch will take orphans: park them
             self._submit()
             if not self._flusher.wait_idle(max(0.0, deadline - self._clock())):
                 return False

@@ -95,7 +95,7 @@ class Metrics:
             self.dead_letters.labels(d.stage, d.reason).inc()
         copy_s = apply_s = 0.0
         for table, o in report.tables.items():
-            for outcome in ("inserted", "updated", "stale", "duplicate", "parked", "adopted"):
+            for outcome in ("inserted", "updated", "stale", "duplicate", "carried", "parked", "adopted"):
                 n = getattr(o, outcome)
                 if n:
                     self.rows_written.labels(table, outcome).inc(n)

@@ -5,6 +5,11 @@ Contract of ``Sink.write(batch)``:
   its ``exporter_offsets`` rows commit together, or nothing does;
 - a row PostgreSQL refuses (SQLSTATE class 22 or 23) does not fail the batch:
   it is isolated by bisection and written to ``exporter_dead_letters``;
+- a child whose parent is not stored yet is handed back in ``report.carried``
+  (the caller puts it in the next batch, see ``Batch.carry``) and the saved
+  offset of its partition stays at it; after ``MAX_CARRIES`` flushes, or in a
+  ``closing`` batch, it is parked in ``exporter_parked_children`` instead, and
+  a later flush adopts it once the parent is stored;
 - a transient failure (connection lost, serialization failure, deadlock, ...)
   raises ``RetryableError``; nothing was committed and the same batch may be
   written again; any other database error propagates unchanged (a bug);
@@ -22,7 +27,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from pme_exporter.buffers import Batch, DeadLetter, TableRows
+from pme_exporter.buffers import Batch, DeadLetter, Orphan, TableRows
 from pme_exporter.decode import Decoder
 from pme_exporter.errors import DecodeError, RetryableError, is_retryable, is_row_error, sqlstate_of
 from pme_exporter.schema import FLUSH_ORDER, PARKED_PARENT_COLUMNS, TableSpec, WriteMode
@@ -35,7 +40,8 @@ class TableOutcome:
     updated: int = 0
     stale: int = 0  # upsert events that lost to a newer event (in the batch or stored)
     duplicate: int = 0  # append events already stored (a replay)
-    parked: int = 0  # children waiting for their parent
+    parked: int = 0  # children waiting for their parent in exporter_parked_children
+    carried: int = 0  # children waiting for their parent in the next batch
     adopted: int = 0  # parked children applied because their parent arrived
     copy_s: float = 0.0
     apply_s: float = 0.0
@@ -45,6 +51,8 @@ class TableOutcome:
 class FlushReport:
     tables: dict[str, TableOutcome] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    carried: list[Orphan] = field(default_factory=list)
+    saved_offsets: dict[int, int] = field(default_factory=dict)  # as stored in exporter_offsets
     parked_waiting: int = 0
     commit_s: float = 0.0
     total_s: float = 0.0
@@ -87,6 +95,13 @@ WITH saved AS (
     RETURNING 1
 )
 SELECT count(*) FROM exporter_parked_children"""
+
+
+# Most orphans meet their parent one flush later: the parent sat on a partition
+# whose fetched chunk ended a little earlier. Parking costs a write, a delete, a
+# decode and a second apply in the database; carrying in memory costs a second
+# COPY and apply of the row. Past a few flushes the parent is likely far away.
+MAX_CARRIES = 3
 
 
 class _RowRefused(Exception):
@@ -170,12 +185,15 @@ class PostgresSink:
                                     adopted = self._adopt_parked(cur, report)
                                 rows, outcome.adopted = _merged(spec, rows, adopted.get(spec.table))
                             if rows is not None and len(rows):
-                                self._write_table(conn, cur, rows, outcome, report, isolate_rows)
+                                self._write_table(conn, cur, batch, rows, outcome, report, isolate_rows)
                                 report.tables[spec.table] = outcome
                         self._write_dead_letters(cur, batch.dead_letters + report.dead_letters)
-                        parts = list(batch.next_offsets)
+                        saved = dict(batch.next_offsets)
+                        for orphan in report.carried:  # read again after a crash, until written
+                            saved[orphan.partition] = min(saved[orphan.partition], orphan.offset)
+                        report.saved_offsets = saved
                         row = cur.execute(
-                            _SAVE_OFFSETS, (self._topic, parts, [batch.next_offsets[p] for p in parts])
+                            _SAVE_OFFSETS, (self._topic, list(saved), list(saved.values()))
                         ).fetchone()
                         report.parked_waiting = int(row[0]) if row else 0
                     commit_started = time.perf_counter()
@@ -190,6 +208,7 @@ class PostgresSink:
         self,
         conn: psycopg.Connection[Any],
         cur: psycopg.Cursor[Any],
+        batch: Batch,
         rows: TableRows,
         outcome: TableOutcome,
         report: FlushReport,
@@ -201,10 +220,10 @@ class PostgresSink:
             copy.write(rows.copy_data)
         t1 = time.perf_counter()
         if isolate_rows:
-            self._apply_isolating(conn, cur, stmts, rows, 0, len(rows) - 1, outcome, report)
+            self._apply_isolating(conn, cur, batch, stmts, rows, 0, len(rows) - 1, outcome, report)
         else:
             try:
-                self._apply(cur, stmts, rows, 0, len(rows) - 1, outcome)
+                self._apply(cur, batch, stmts, rows, 0, len(rows) - 1, outcome, report)
             except psycopg.Error as exc:
                 if is_row_error(exc):
                     raise _RowRefused from exc
@@ -251,17 +270,19 @@ class PostgresSink:
     def _apply(
         self,
         cur: psycopg.Cursor[Any],
+        batch: Batch,
         stmts: TableStatements,
         rows: TableRows,
         lo: int,
         hi: int,
         outcome: TableOutcome,
+        report: FlushReport,
     ) -> None:
-        """Applies staging rows lo..hi in one statement and parks their orphans."""
+        """Applies staging rows lo..hi in one statement; their orphans are carried or parked."""
         result = cur.execute(stmts.apply, {"lo": lo, "hi": hi}).fetchone()
         assert result is not None
         inserted, updated, _staged, ready = (int(c) for c in result[:4])
-        outcome.parked += self._park_orphans(cur, rows, result[4:])
+        self._set_aside_orphans(cur, batch, rows, result[4:], outcome, report)
         outcome.inserted += inserted
         outcome.updated += updated
         if rows.spec.mode is WriteMode.UPSERT:
@@ -273,6 +294,7 @@ class PostgresSink:
         self,
         conn: psycopg.Connection[Any],
         cur: psycopg.Cursor[Any],
+        batch: Batch,
         stmts: TableStatements,
         rows: TableRows,
         lo: int,
@@ -284,7 +306,7 @@ class PostgresSink:
         which become dead letters. Applying any split of the rows gives the same tables."""
         try:
             with conn.transaction():
-                self._apply(cur, stmts, rows, lo, hi, outcome)
+                self._apply(cur, batch, stmts, rows, lo, hi, outcome, report)
         except psycopg.Error as exc:
             if not is_row_error(exc):
                 raise
@@ -306,21 +328,37 @@ class PostgresSink:
                 )
                 return
             mid = (lo + hi) // 2
-            self._apply_isolating(conn, cur, stmts, rows, lo, mid, outcome, report)
-            self._apply_isolating(conn, cur, stmts, rows, mid + 1, hi, outcome, report)
+            self._apply_isolating(conn, cur, batch, stmts, rows, lo, mid, outcome, report)
+            self._apply_isolating(conn, cur, batch, stmts, rows, mid + 1, hi, outcome, report)
 
-    def _park_orphans(self, cur: psycopg.Cursor[Any], rows: TableRows, orphans: tuple[Any, ...]) -> int:
-        """Stores children whose parent is missing, raw, until a later flush adopts them."""
+    def _set_aside_orphans(
+        self,
+        cur: psycopg.Cursor[Any],
+        batch: Batch,
+        rows: TableRows,
+        orphans: tuple[Any, ...],
+        outcome: TableOutcome,
+        report: FlushReport,
+    ) -> None:
+        """Children whose parent is missing: carried to the next batch, or stored raw until adopted."""
         if not orphans or not orphans[0]:
-            return 0
+            return
         seqs, *parent_keys = orphans
-        park = []
+        table = rows.spec.table
+        carried, park = [], []
         for i, seq in enumerate(seqs):
             partition, offset, key, value = rows.sources[seq]
-            keys = [column[i] if column is not None else None for column in parent_keys]
-            park.append((self._topic, partition, offset, rows.spec.table, *keys, key, value))
-        cur.executemany(_PARK, park)
-        return len(seqs)
+            carries = batch.carries.get((partition, offset), 0)
+            if not batch.closing and carries < MAX_CARRIES:
+                carried.append(Orphan(table, partition, offset, key, value, carries + 1))
+            else:
+                keys = [column[i] if column is not None else None for column in parent_keys]
+                park.append((self._topic, partition, offset, table, *keys, key, value))
+        if park:
+            cur.executemany(_PARK, park)
+        report.carried += carried
+        outcome.carried += len(carried)
+        outcome.parked += len(park)
 
     def close(self, timeout_s: float) -> None:
         self._pool.close(timeout=timeout_s)
@@ -356,5 +394,6 @@ def count_outcomes(report: FlushReport) -> Counter[str]:
             stale=outcome.stale,
             duplicate=outcome.duplicate,
             parked=outcome.parked,
+            carried=outcome.carried,
         )
     return totals

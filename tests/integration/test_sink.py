@@ -11,7 +11,7 @@ import pytest
 from pme_exporter.buffers import Batch
 from pme_exporter.decode import Decoder
 from pme_exporter.settings import Settings
-from pme_exporter.sink import PostgresSink
+from pme_exporter.sink import MAX_CARRIES, PostgresSink
 from tests.helpers import FakeMessage
 
 TS = "2025-11-29T09:05:00+07:00"
@@ -21,10 +21,14 @@ def msg(partition: int, offset: int, event_type: str, data: dict[str, object], t
     return FakeMessage(orjson.dumps({"type": event_type, "ts": ts, "data": data}), partition, offset, b"k")
 
 
-def batch_of(*messages: FakeMessage) -> Batch:
-    batch = Batch(decoder=Decoder())
+def batch_of(*messages: FakeMessage, closing: bool = False) -> Batch:
+    batch = Batch(decoder=Decoder(), closing=closing)
     batch.add(list(messages))
     return batch
+
+
+def stored_offsets(conn: psycopg.Connection[tuple[int, int]]) -> dict[int, int]:
+    return dict(conn.execute("SELECT partition, next_offset FROM exporter_offsets").fetchall())
 
 
 @pytest.fixture
@@ -65,12 +69,53 @@ def test_refused_rows_become_dead_letters_and_the_rest_commits(
     assert offsets == [(0, 40)]
 
 
+def test_orphans_are_carried_to_the_next_batch_and_hold_their_offset(
+    sink: PostgresSink, settings: Settings
+) -> None:
+    first = batch_of(
+        msg(1, 0, "Holiday", {"nid": 1}),
+        msg(1, 1, "Contract", {"nid": 9, "trade_nid": 3, "order_nid": 5}),
+        msg(1, 2, "Holiday", {"nid": 2}),
+    )
+    report = sink.write(first)
+    assert [(o.table, o.partition, o.offset, o.carries) for o in report.carried] == [("contracts", 1, 1, 1)]
+    assert report.saved_offsets == {1: 1}  # a crash now reads the contract again
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        assert stored_offsets(conn) == {1: 1}
+        assert conn.execute("SELECT count(*) FROM holidays").fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM exporter_parked_children").fetchone() == (0,)
+
+        second = batch_of(msg(0, 0, "Order", {"nid": 5}), msg(0, 1, "Trade", {"nid": 3}))
+        second.carry(report.carried, first.next_offsets)
+        report = sink.write(second)
+        assert report.carried == [] and report.saved_offsets == {0: 2, 1: 3}
+        assert stored_offsets(conn) == {0: 2, 1: 3}
+        assert conn.execute("SELECT nid, src_partition, src_offset FROM contracts").fetchall() == [(9, 1, 1)]
+        assert report.tables["contracts"].inserted == 1
+
+
+def test_orphans_are_parked_after_max_carries(sink: PostgresSink, settings: Settings) -> None:
+    batch = batch_of(msg(1, 0, "Contract", {"nid": 9, "trade_nid": 3, "order_nid": 5}))
+    for flush in range(1, MAX_CARRIES + 2):
+        report = sink.write(batch)
+        if flush <= MAX_CARRIES:
+            assert [o.carries for o in report.carried] == [flush] and report.saved_offsets == {1: 0}
+        ends, batch = batch.next_offsets, Batch(decoder=Decoder())
+        batch.carry(report.carried, ends)
+    assert report.carried == [] and report.saved_offsets == {1: 1}
+    assert report.tables["contracts"].parked == 1 and report.parked_waiting == 1
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        assert stored_offsets(conn) == {1: 1}
+        assert conn.execute('SELECT partition, "offset" FROM exporter_parked_children').fetchall() == [(1, 0)]
+
+
 def test_children_wait_for_parents_that_arrive_later(sink: PostgresSink, settings: Settings) -> None:
     sink.write(
         batch_of(
             msg(1, 0, "OrderAck", {"order_nid": 5}),
             msg(1, 1, "Contract", {"nid": 9, "trade_nid": 3, "order_nid": 5}),
             msg(1, 2, "OrderNak", {"order_nid": 6, "message": "no"}),
+            closing=True,  # no later batch takes orphans, so they are parked
         )
     )
     with psycopg.connect(settings.conninfo(), autocommit=True) as conn:

@@ -3,7 +3,8 @@
 Runs the real sink (COPY, set-based SQL, savepoints) against the real
 PostgreSQL; only the Kafka messages are built in memory, with the partitions
 and offsets a broker would give them. Replays (a batch written again, as
-after a crash between the database commit and the Kafka commit) are drawn too.
+after a crash between the database commit and the Kafka commit) are drawn too,
+and so is which batches close (park their orphans rather than carry them).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pme_exporter.buffers import Batch
+from pme_exporter.buffers import Batch, Orphan
 from pme_exporter.databases import create_database, drop_database
 from pme_exporter.decode import Decoder
 from pme_exporter.schema import TABLES
@@ -139,11 +140,17 @@ def test_any_batch_cut_and_replay_equals_the_model(
     decoder = Decoder()
     start = 0
     previous: Batch | None = None
-    while start < len(messages):
-        size = data.draw(st.integers(1, len(messages) - start), label="batch size")
-        batch = Batch(decoder=decoder)
+    carried: list[Orphan] = []
+    ends: dict[int, int] = {}
+    while start < len(messages) or carried:
+        size = data.draw(st.integers(0 if carried else 1, len(messages) - start), label="batch size")
+        # A closing batch (before partitions are given up) parks its orphans instead of carrying them.
+        batch = Batch(decoder=decoder, closing=data.draw(st.booleans(), label="closing"))
         batch.add(messages[start : start + size])  # type: ignore[arg-type]
-        sink.write(batch)
+        batch.carry(carried, ends)
+        report = sink.write(batch)
+        assert all(report.saved_offsets[o.partition] <= o.offset for o in report.carried)
+        carried, ends = report.carried, batch.next_offsets
         if previous is not None and data.draw(st.booleans(), label="replay previous batch"):
             sink.write(previous)
         previous = batch

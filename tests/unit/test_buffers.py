@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import orjson
 
-from pme_exporter.buffers import Batch
+from pme_exporter.buffers import Batch, Orphan
 from pme_exporter.decode import Decoder
 from tests.helpers import FakeMessage
 
@@ -37,3 +37,22 @@ def test_batch_routes_rows_and_tracks_next_offsets() -> None:
     )
     assert batch.events_by_type == {"Order": 2, "invalid": 1}
     assert batch.newest_event_ms == 1003 and batch.started_at == 5.0
+
+
+def test_carried_orphans_become_rows_and_keep_the_previous_batch_end() -> None:
+    batch = Batch(decoder=Decoder(), clock=lambda: 7.0)
+    batch.add([FakeMessage(order(5), 0, 40, b"Order:5")])
+    batch.carry(
+        [Orphan("orders", 0, 12, b"Order:3", order(3), 1), Orphan("orders", 2, 8, None, order(4), 2)],
+        {0: 30, 2: 9, 3: 77},
+    )
+    # Partition 0 already read past the old end; partition 2 has only its orphan.
+    assert batch.next_offsets == {0: 41, 2: 9}
+    assert batch.carries == {(0, 12): 1, (2, 8): 2}
+    rows = batch.tables["orders"]
+    assert [s[:2] for s in rows.sources] == [(0, 40), (0, 12), (2, 8)]
+    assert [line.split("\t")[:3] for line in rows.copy_data.decode().splitlines()][1:] == [
+        ["1", "0", "12"],
+        ["2", "2", "8"],
+    ]
+    assert batch.size == 3 and batch.events_by_type == {"Order": 1}  # counted once, when first read

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from confluent_kafka import TopicPartition
 
-from pme_exporter.buffers import Batch
+from pme_exporter.buffers import Batch, Orphan
 from pme_exporter.consumer import ConsumerLoop
 from pme_exporter.flusher import Flusher
 from pme_exporter.metrics import Metrics
@@ -72,16 +72,29 @@ class FakeConsumer:
 
 
 class MemorySink:
+    """Stores batches; hands back as orphans, once each, the messages at ``orphan_at`` (partition, offset)."""
+
     def __init__(self, stored: dict[int, int] | None = None) -> None:
         self.batches: list[Batch] = []
         self.gate = threading.Event()
         self.gate.set()
         self.stored = stored or {}
+        self.orphan_at: set[tuple[int, int]] = set()
 
     def write(self, batch: Batch) -> FlushReport:
         self.gate.wait(10)
         self.batches.append(batch)
-        return FlushReport()
+        report = FlushReport(saved_offsets=dict(batch.next_offsets))
+        if not batch.closing:
+            for (partition, offset), value in self._values(batch).items():
+                if (partition, offset) in self.orphan_at and (partition, offset) not in batch.carries:
+                    report.carried.append(Orphan("orders", partition, offset, None, value, 1))
+                    report.saved_offsets[partition] = min(report.saved_offsets[partition], offset)
+        return report
+
+    @staticmethod
+    def _values(batch: Batch) -> dict[tuple[int, int], bytes]:
+        return {(p, o): v for rows in batch.tables.values() for p, o, _k, v in rows.sources}
 
     def stored_offsets(self, partitions: list[int]) -> dict[int, int]:
         return {p: o for p, o in self.stored.items() if p in partitions}
@@ -189,3 +202,30 @@ def test_stop_flushes_what_is_buffered_and_closes(harness: Any) -> None:
     stop.set()
     wait_for(lambda: consumer.closed)
     assert sum(b.size for b in sink.batches) == 7 and {0: 7} in consumer.commits
+
+
+def test_orphans_go_into_the_next_batch_and_hold_back_the_commit(harness: Any) -> None:
+    consumer, sink, clock, _stop = harness(max_batch=5, interval_ms=500, bound=100)
+    sink.orphan_at = {(0, 2)}
+    with consumer.lock:
+        consumer.queue.extend(FakeMessage(order(i), 0, i) for i in range(5))
+    wait_for(lambda: len(sink.batches) == 1)
+    wait_for(lambda: consumer.commits == [{0: 2}])  # not past the orphan
+    clock.now += 0.6  # nothing new arrives: the orphan alone is flushed after the interval
+    wait_for(lambda: len(sink.batches) == 2)
+    second = sink.batches[1]
+    assert second.carries == {(0, 2): 1} and second.size == 1 and not second.events_by_type
+    assert second.next_offsets == {0: 5}
+    wait_for(lambda: consumer.commits[-1] == {0: 5})
+
+
+def test_the_last_batch_before_stopping_parks_orphans(harness: Any) -> None:
+    consumer, sink, _clock, stop = harness(max_batch=5, interval_ms=60_000, bound=100)
+    sink.orphan_at = {(1, 0)}
+    with consumer.lock:
+        consumer.queue.extend(FakeMessage(order(i), 1, i) for i in range(5))
+    wait_for(lambda: consumer.commits == [{1: 0}])
+    stop.set()
+    wait_for(lambda: consumer.closed)
+    assert [b.closing for b in sink.batches] == [False, True]
+    assert sink.batches[1].carries == {(1, 0): 1} and {1: 5} in consumer.commits
