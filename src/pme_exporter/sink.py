@@ -104,6 +104,9 @@ SELECT count(*) FROM exporter_parked_children"""
 MAX_CARRIES = 3
 
 
+_STATEMENTS = {spec.table: statements_for(spec) for spec in FLUSH_ORDER}
+
+
 class _RowRefused(Exception):
     """A row error in the optimistic pass; the batch is written again, isolating rows."""
 
@@ -112,7 +115,6 @@ class PostgresSink:
     def __init__(self, *, conninfo: str, topic: str, pool_max_size: int = 3) -> None:
         self._topic = topic
         self._conninfo = conninfo
-        self._statements = {spec.table: statements_for(spec) for spec in FLUSH_ORDER}
         self._adopt_statement = adopt_parked_statement(FLUSH_ORDER)
         self._decoder = Decoder()
         self._pool = ConnectionPool(
@@ -132,7 +134,7 @@ class PostgresSink:
             # The per-key collapse sorts a whole batch; at the default 4 MB a
             # 60k-event batch sorted on disk.
             cur.execute("SET work_mem = '64MB'")
-            for stmts in self._statements.values():
+            for stmts in _STATEMENTS.values():
                 cur.execute(stmts.create_staging)
         conn.commit()
 
@@ -175,6 +177,7 @@ class PostgresSink:
             with self._pool.connection(timeout=10) as conn:
                 with conn.transaction():
                     with conn.cursor() as cur:
+                        attempt = _Attempt(conn, cur, batch, report, self._topic, isolate_rows)
                         adopted: dict[str, list[Adopted]] | None = None
                         for spec in FLUSH_ORDER:
                             rows = batch.tables.get(spec.table)
@@ -185,7 +188,7 @@ class PostgresSink:
                                     adopted = self._adopt_parked(cur, report)
                                 rows, outcome.adopted = _merged(spec, rows, adopted.get(spec.table))
                             if rows is not None and len(rows):
-                                self._write_table(conn, cur, batch, rows, outcome, report, isolate_rows)
+                                attempt.write_table(rows, outcome)
                                 report.tables[spec.table] = outcome
                         self._write_dead_letters(cur, batch.dead_letters + report.dead_letters)
                         saved = dict(batch.next_offsets)
@@ -203,33 +206,6 @@ class PostgresSink:
                 raise RetryableError(f"flush failed, will retry: {type(exc).__name__}: {exc}") from exc
             raise
         return report
-
-    def _write_table(
-        self,
-        conn: psycopg.Connection[Any],
-        cur: psycopg.Cursor[Any],
-        batch: Batch,
-        rows: TableRows,
-        outcome: TableOutcome,
-        report: FlushReport,
-        isolate_rows: bool,
-    ) -> None:
-        stmts = self._statements[rows.spec.table]
-        t0 = time.perf_counter()
-        with cur.copy(stmts.copy) as copy:
-            copy.write(rows.copy_data)
-        t1 = time.perf_counter()
-        if isolate_rows:
-            self._apply_isolating(conn, cur, batch, stmts, rows, 0, len(rows) - 1, outcome, report)
-        else:
-            try:
-                self._apply(cur, batch, stmts, rows, 0, len(rows) - 1, outcome, report)
-            except psycopg.Error as exc:
-                if is_row_error(exc):
-                    raise _RowRefused from exc
-                raise
-        outcome.copy_s = t1 - t0
-        outcome.apply_s = time.perf_counter() - t1
 
     def _write_dead_letters(self, cur: psycopg.Cursor[Any], dead: list[DeadLetter]) -> None:
         if dead:
@@ -267,22 +243,55 @@ class PostgresSink:
             adopted.setdefault(table, []).append((partition, offset, key, value, text))
         return adopted
 
-    def _apply(
+    def close(self, timeout_s: float) -> None:
+        self._pool.close(timeout=timeout_s)
+
+
+class _Attempt:
+    """One attempt at writing a batch, inside its transaction: each table's COPY and apply."""
+
+    def __init__(
         self,
+        conn: psycopg.Connection[Any],
         cur: psycopg.Cursor[Any],
         batch: Batch,
-        stmts: TableStatements,
-        rows: TableRows,
-        lo: int,
-        hi: int,
-        outcome: TableOutcome,
         report: FlushReport,
+        topic: str,
+        isolate_rows: bool,
+    ) -> None:
+        self._conn = conn
+        self._cur = cur
+        self._batch = batch
+        self._report = report
+        self._topic = topic
+        self._isolate_rows = isolate_rows
+
+    def write_table(self, rows: TableRows, outcome: TableOutcome) -> None:
+        stmts = _STATEMENTS[rows.spec.table]
+        t0 = time.perf_counter()
+        with self._cur.copy(stmts.copy) as copy:
+            copy.write(rows.copy_data)
+        t1 = time.perf_counter()
+        if self._isolate_rows:
+            self._apply_isolating(stmts, rows, 0, len(rows) - 1, outcome)
+        else:
+            try:
+                self._apply(stmts, rows, 0, len(rows) - 1, outcome)
+            except psycopg.Error as exc:
+                if is_row_error(exc):
+                    raise _RowRefused from exc
+                raise
+        outcome.copy_s = t1 - t0
+        outcome.apply_s = time.perf_counter() - t1
+
+    def _apply(
+        self, stmts: TableStatements, rows: TableRows, lo: int, hi: int, outcome: TableOutcome
     ) -> None:
         """Applies staging rows lo..hi in one statement; their orphans are carried or parked."""
-        result = cur.execute(stmts.apply, {"lo": lo, "hi": hi}).fetchone()
+        result = self._cur.execute(stmts.apply, {"lo": lo, "hi": hi}).fetchone()
         assert result is not None
         inserted, updated, _staged, ready = (int(c) for c in result[:4])
-        self._set_aside_orphans(cur, batch, rows, result[4:], outcome, report)
+        self._set_aside_orphans(rows, result[4:], outcome)
         outcome.inserted += inserted
         outcome.updated += updated
         if rows.spec.mode is WriteMode.UPSERT:
@@ -291,22 +300,13 @@ class PostgresSink:
             outcome.duplicate += ready - inserted
 
     def _apply_isolating(
-        self,
-        conn: psycopg.Connection[Any],
-        cur: psycopg.Cursor[Any],
-        batch: Batch,
-        stmts: TableStatements,
-        rows: TableRows,
-        lo: int,
-        hi: int,
-        outcome: TableOutcome,
-        report: FlushReport,
+        self, stmts: TableStatements, rows: TableRows, lo: int, hi: int, outcome: TableOutcome
     ) -> None:
         """Like _apply, under a savepoint; a refused range is bisected down to its bad rows,
         which become dead letters. Applying any split of the rows gives the same tables."""
         try:
-            with conn.transaction():
-                self._apply(cur, batch, stmts, rows, lo, hi, outcome, report)
+            with self._conn.transaction():
+                self._apply(stmts, rows, lo, hi, outcome)
         except psycopg.Error as exc:
             if not is_row_error(exc):
                 raise
@@ -314,7 +314,7 @@ class PostgresSink:
                 partition, offset, key, value = rows.sources[lo]
                 state = sqlstate_of(exc)
                 message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                report.dead_letters.append(
+                self._report.dead_letters.append(
                     DeadLetter(
                         partition,
                         offset,
@@ -328,23 +328,16 @@ class PostgresSink:
                 )
                 return
             mid = (lo + hi) // 2
-            self._apply_isolating(conn, cur, batch, stmts, rows, lo, mid, outcome, report)
-            self._apply_isolating(conn, cur, batch, stmts, rows, mid + 1, hi, outcome, report)
+            self._apply_isolating(stmts, rows, lo, mid, outcome)
+            self._apply_isolating(stmts, rows, mid + 1, hi, outcome)
 
-    def _set_aside_orphans(
-        self,
-        cur: psycopg.Cursor[Any],
-        batch: Batch,
-        rows: TableRows,
-        orphans: tuple[Any, ...],
-        outcome: TableOutcome,
-        report: FlushReport,
-    ) -> None:
+    def _set_aside_orphans(self, rows: TableRows, orphans: tuple[Any, ...], outcome: TableOutcome) -> None:
         """Children whose parent is missing: carried to the next batch, or stored raw until adopted."""
         if not orphans or not orphans[0]:
             return
         seqs, *parent_keys = orphans
         table = rows.spec.table
+        batch = self._batch
         carried, park = [], []
         for i, seq in enumerate(seqs):
             partition, offset, key, value = rows.sources[seq]
@@ -355,13 +348,10 @@ class PostgresSink:
                 keys = [column[i] if column is not None else None for column in parent_keys]
                 park.append((self._topic, partition, offset, table, *keys, key, value))
         if park:
-            cur.executemany(_PARK, park)
-        report.carried += carried
+            self._cur.executemany(_PARK, park)
+        self._report.carried += carried
         outcome.carried += len(carried)
         outcome.parked += len(park)
-
-    def close(self, timeout_s: float) -> None:
-        self._pool.close(timeout=timeout_s)
 
 
 # A parked child taken back: (partition, offset, key, value, COPY text).
