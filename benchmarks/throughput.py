@@ -110,6 +110,58 @@ def produce_all(
 # -- end to end ----------------------------------------------------------------------
 
 
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes, plus what their reaped children used."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile; its parent's cutime has it if the parent is counted
+            continue
+        total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return total / _TICKS_PER_S
+
+
+def pids_running(marker: str) -> list[int]:
+    """Processes on this machine whose command line contains ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+class CpuMeter:
+    """CPU-seconds used by the local servers between start() and stop(); 0 when they run elsewhere.
+
+    PostgreSQL's postmaster reaps its backends into its cutime, so a backend
+    that exits in between (psql's) still counts.
+    """
+
+    def __init__(self) -> None:
+        self._start: dict[str, float] = {}
+
+    @staticmethod
+    def _now() -> dict[str, float]:
+        return {
+            "postgres": cpu_seconds(pids_running("postgres")),
+            "kafka": cpu_seconds(pids_running("kafka.Kafka")),
+        }
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self) -> dict[str, float]:
+        return {name: used - self._start[name] for name, used in self._now().items()}
+
+
 def peak_rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -148,6 +200,8 @@ class Progress:
 def end_to_end(settings: Settings, topic: str, total: int, workers: int, timeout_s: float) -> dict[str, Any]:
     group = f"bench-{uuid.uuid4().hex[:8]}"
     s = settings.replace(kafka_topic=topic, kafka_group_id=group, metrics_port=0)
+    servers = CpuMeter()
+    servers.start()
     started = time.monotonic()
     procs = [
         subprocess.Popen(
@@ -178,6 +232,7 @@ def end_to_end(settings: Settings, topic: str, total: int, workers: int, timeout
                 raise RuntimeError(f"an exporter exited: {procs[0].stderr.read() if procs[0].stderr else ''}")
             time.sleep(0.1)
         elapsed = time.monotonic() - started
+        cpu = servers.stop() | {"exporter": cpu_seconds([p.pid for p in procs])}
     finally:
         for p in procs:
             peak = max(peak, peak_rss_mb(p.pid)) if p.poll() is None else peak
@@ -194,6 +249,7 @@ def end_to_end(settings: Settings, topic: str, total: int, workers: int, timeout
         "events_per_s": total / elapsed,
         "steady_events_per_s": (total - done_at_first_commit) / steady if steady > 0.5 else 0.0,
         "peak_rss_mb": peak,
+        "cpu_s": cpu,
         "timeline": timeline,
     }
 
@@ -225,8 +281,10 @@ def pg_ceiling(
     located: list[tuple[int, int]],
     batch_events: int,
     workdir: Path,
-) -> float:
-    """psql loads COPY files into staging and applies the exporter's SQL; Python only prepares files."""
+) -> tuple[float, dict[str, float]]:
+    """psql loads COPY files into staging and applies the exporter's SQL; Python only prepares files.
+
+    Returns events/s and the servers' CPU-seconds while psql ran."""
     decoder = Decoder()
     statements = {spec.table: statements_for(spec) for spec in FLUSH_ORDER}
     script = [stmts.create_staging + ";" for stmts in statements.values()]
@@ -264,6 +322,8 @@ def pg_ceiling(
     script_path = workdir / "ceiling.sql"
     script_path.write_text("\n".join(script) + "\n")
     env = {**os.environ, "PGPASSWORD": settings.db_password, "PGCONNECT_TIMEOUT": "10"}
+    servers = CpuMeter()
+    servers.start()
     started = time.monotonic()
     subprocess.run(
         [
@@ -287,7 +347,8 @@ def pg_ceiling(
         env=env,
         stdout=subprocess.DEVNULL,
     )
-    return len(batch) / (time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    return len(batch) / elapsed, servers.stop()
 
 
 @dataclass(frozen=True)
@@ -453,15 +514,18 @@ def main(argv: list[str] | None = None) -> int:
     figures.put("end_to_end_steady_events_per_s", run["steady_events_per_s"], "events/s")
     figures.put("end_to_end_elapsed_s", run["elapsed_s"], "s")
     figures.put("peak_rss_mb", run["peak_rss_mb"], "MB")
+    # Where the time goes: CPU of each process over the run (servers: 0 when not on this machine).
+    for process in ("exporter", "postgres", "kafka"):
+        figures.put(f"end_to_end_cpu_s_{process}", run["cpu_s"][process], "CPU-s")
 
     figures.put("kafka_ceiling_events_per_s", kafka_ceiling(base, topic, len(batch)), "events/s")
     with tempfile.TemporaryDirectory(prefix="pme-ceiling-") as workdir:
         ceiling_db = fresh_database(base, "pme_bench_ceiling")
-        figures.put(
-            "pg_ceiling_events_per_s",
-            pg_ceiling(ceiling_db, batch, located, settings.max_batch_events, Path(workdir)),
-            "events/s",
+        ceiling, ceiling_cpu = pg_ceiling(
+            ceiling_db, batch, located, settings.max_batch_events, Path(workdir)
         )
+        figures.put("pg_ceiling_events_per_s", ceiling, "events/s")
+        figures.put("pg_ceiling_cpu_s_postgres", ceiling_cpu["postgres"], "CPU-s")
     figures.put("ratio_to_pg_ceiling", run["events_per_s"] / figures.values["pg_ceiling_events_per_s"], "x")
     figures.put(
         "ratio_steady_to_pg_ceiling",

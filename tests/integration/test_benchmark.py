@@ -50,6 +50,9 @@ def test_quick_run_reports_every_figure(stack: Stack, tmp_path: Path) -> None:
         results["ratio_to_pg_ceiling"]
         == results["end_to_end_events_per_s"] / results["pg_ceiling_events_per_s"]
     )
+    assert results["end_to_end_cpu_s_exporter"] > 0
+    if stack.local:  # the servers run on this machine, so their CPU is measured
+        assert results["end_to_end_cpu_s_postgres"] > 0 and results["pg_ceiling_cpu_s_postgres"] > 0
     machine = report["machine"]
     assert machine["cores"] and machine["postgresql"] and machine["kafka"] and machine["librdkafka"]
     assert "end_to_end_events_per_s" in proc.stdout  # the table on stdout
