@@ -105,6 +105,7 @@ MAX_CARRIES = 3
 
 
 _STATEMENTS = {spec.table: statements_for(spec) for spec in FLUSH_ORDER}
+_ADOPT_PARKED = adopt_parked_statement(FLUSH_ORDER)
 
 
 class _RowRefused(Exception):
@@ -115,7 +116,6 @@ class PostgresSink:
     def __init__(self, *, conninfo: str, topic: str, pool_max_size: int = 3) -> None:
         self._topic = topic
         self._conninfo = conninfo
-        self._adopt_statement = adopt_parked_statement(FLUSH_ORDER)
         self._decoder = Decoder()
         self._pool = ConnectionPool(
             conninfo,
@@ -172,44 +172,66 @@ class PostgresSink:
         return report
 
     def _write_once(self, batch: Batch, *, isolate_rows: bool) -> FlushReport:
-        report = FlushReport()
         try:
             with self._pool.connection(timeout=10) as conn:
-                with conn.transaction():
-                    with conn.cursor() as cur:
-                        attempt = _Attempt(conn, cur, batch, report, self._topic, isolate_rows)
-                        adopted: dict[str, list[Adopted]] | None = None
-                        for spec in FLUSH_ORDER:
-                            rows = batch.tables.get(spec.table)
-                            outcome = TableOutcome()
-                            if spec.is_child:
-                                # Every parent table precedes every child table in FLUSH_ORDER.
-                                if adopted is None:
-                                    adopted = self._adopt_parked(cur, report)
-                                rows, outcome.adopted = _merged(spec, rows, adopted.get(spec.table))
-                            if rows is not None and len(rows):
-                                attempt.write_table(rows, outcome)
-                                report.tables[spec.table] = outcome
-                        self._write_dead_letters(cur, batch.dead_letters + report.dead_letters)
-                        saved = dict(batch.next_offsets)
-                        for orphan in report.carried:  # read again after a crash, until written
-                            saved[orphan.partition] = min(saved[orphan.partition], orphan.offset)
-                        report.saved_offsets = saved
-                        row = cur.execute(
-                            _SAVE_OFFSETS, (self._topic, list(saved), list(saved.values()))
-                        ).fetchone()
-                        report.parked_waiting = int(row[0]) if row else 0
-                    commit_started = time.perf_counter()
-                report.commit_s = time.perf_counter() - commit_started
+                return _Attempt(conn, batch, self._topic, self._decoder, isolate_rows).run()
         except psycopg.Error as exc:
             if is_retryable(exc):
                 raise RetryableError(f"flush failed, will retry: {type(exc).__name__}: {exc}") from exc
             raise
+
+    def close(self, timeout_s: float) -> None:
+        self._pool.close(timeout=timeout_s)
+
+
+class _Attempt:
+    """One attempt at writing a batch: the body of its transaction."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        batch: Batch,
+        topic: str,
+        decoder: Decoder,
+        isolate_rows: bool,
+    ) -> None:
+        self._conn = conn
+        self._cur = conn.cursor()
+        self._batch = batch
+        self._report = FlushReport()
+        self._topic = topic
+        self._decoder = decoder
+        self._isolate_rows = isolate_rows
+
+    def run(self) -> FlushReport:
+        batch, report, cur = self._batch, self._report, self._cur
+        with self._conn.transaction(), cur:
+            adopted: dict[str, list[Adopted]] | None = None
+            for spec in FLUSH_ORDER:
+                rows = batch.tables.get(spec.table)
+                outcome = TableOutcome()
+                if spec.is_child:
+                    # Every parent table precedes every child table in FLUSH_ORDER.
+                    if adopted is None:
+                        adopted = self._adopt_parked()
+                    rows, outcome.adopted = _merged(spec, rows, adopted.get(spec.table))
+                if rows is not None and len(rows):
+                    self._write_table(rows, outcome)
+                    report.tables[spec.table] = outcome
+            self._write_dead_letters(batch.dead_letters + report.dead_letters)
+            saved = dict(batch.next_offsets)
+            for orphan in report.carried:  # read again after a crash, until written
+                saved[orphan.partition] = min(saved[orphan.partition], orphan.offset)
+            report.saved_offsets = saved
+            row = cur.execute(_SAVE_OFFSETS, (self._topic, list(saved), list(saved.values()))).fetchone()
+            report.parked_waiting = int(row[0]) if row else 0
+            commit_started = time.perf_counter()
+        report.commit_s = time.perf_counter() - commit_started
         return report
 
-    def _write_dead_letters(self, cur: psycopg.Cursor[Any], dead: list[DeadLetter]) -> None:
+    def _write_dead_letters(self, dead: list[DeadLetter]) -> None:
         if dead:
-            cur.executemany(
+            self._cur.executemany(
                 _INSERT_DEAD_LETTER,
                 [
                     (
@@ -227,46 +249,23 @@ class PostgresSink:
                 ],
             )
 
-    def _adopt_parked(self, cur: psycopg.Cursor[Any], report: FlushReport) -> dict[str, list[Adopted]]:
+    def _adopt_parked(self) -> dict[str, list[Adopted]]:
         """Takes parked children whose parents are now stored, decoded, per table."""
         adopted: dict[str, list[Adopted]] = {}
-        for table, partition, offset, stored_key, stored_value in cur.execute(self._adopt_statement):
+        for table, partition, offset, stored_key, stored_value in self._cur.execute(_ADOPT_PARKED):
             value = bytes(stored_value)
             key = bytes(stored_key) if stored_key is not None else None
             try:
                 _spec, text = self._decoder.decode(value)
             except DecodeError as exc:  # cannot happen unless the contract changed under a parked row
-                report.dead_letters.append(
+                self._report.dead_letters.append(
                     DeadLetter(partition, offset, key, value, "decode", exc.reason, exc.detail)
                 )
                 continue
             adopted.setdefault(table, []).append((partition, offset, key, value, text))
         return adopted
 
-    def close(self, timeout_s: float) -> None:
-        self._pool.close(timeout=timeout_s)
-
-
-class _Attempt:
-    """One attempt at writing a batch, inside its transaction: each table's COPY and apply."""
-
-    def __init__(
-        self,
-        conn: psycopg.Connection[Any],
-        cur: psycopg.Cursor[Any],
-        batch: Batch,
-        report: FlushReport,
-        topic: str,
-        isolate_rows: bool,
-    ) -> None:
-        self._conn = conn
-        self._cur = cur
-        self._batch = batch
-        self._report = report
-        self._topic = topic
-        self._isolate_rows = isolate_rows
-
-    def write_table(self, rows: TableRows, outcome: TableOutcome) -> None:
+    def _write_table(self, rows: TableRows, outcome: TableOutcome) -> None:
         stmts = _STATEMENTS[rows.spec.table]
         t0 = time.perf_counter()
         with self._cur.copy(stmts.copy) as copy:
