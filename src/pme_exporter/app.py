@@ -101,9 +101,8 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         metrics.record_flush(batch, report, time.time())
         totals = count_outcomes(report)
         dead = len(batch.dead_letters) + len(report.dead_letters)
-        adopted = sum(o.adopted for o in report.tables.values())
         log.log(
-            logging.INFO if batch.size or adopted else logging.DEBUG,
+            logging.INFO if batch.size or totals["adopted"] else logging.DEBUG,
             "[DB-EXPORTER] Flushed %d events in %.0f ms (copy %.0f, upsert %.0f, commit %.0f): "
             "%d inserted, %d updated, %d stale, %d duplicate, %d carried, %d parked, %d adopted, "
             "%d dead letters",
@@ -118,7 +117,7 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
             totals["duplicate"],
             totals["carried"],
             totals["parked"],
-            adopted,
+            totals["adopted"],
             dead,
         )
 

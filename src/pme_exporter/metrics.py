@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from pme_exporter.buffers import Batch
-from pme_exporter.sink import FlushReport
+from pme_exporter.sink import OUTCOMES, FlushReport
 
 _FLUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 10, 100, 1_000, 5_000, 10_000, 20_000, 50_000, 100_000)
@@ -95,7 +95,7 @@ class Metrics:
             self.dead_letters.labels(d.stage, d.reason).inc()
         copy_s = apply_s = 0.0
         for table, o in report.tables.items():
-            for outcome in ("inserted", "updated", "stale", "duplicate", "carried", "parked", "adopted"):
+            for outcome in OUTCOMES:
                 n = getattr(o, outcome)
                 if n:
                     self.rows_written.labels(table, outcome).inc(n)

@@ -373,16 +373,13 @@ def _merged(
     return merged, len(adopted)
 
 
+# The row outcomes a flush counts per table, as TableOutcome fields and metric labels.
+OUTCOMES = ("inserted", "updated", "stale", "duplicate", "carried", "parked", "adopted")
+
+
 def count_outcomes(report: FlushReport) -> Counter[str]:
     """Totals over all tables, for log lines."""
     totals: Counter[str] = Counter()
     for outcome in report.tables.values():
-        totals.update(
-            inserted=outcome.inserted,
-            updated=outcome.updated,
-            stale=outcome.stale,
-            duplicate=outcome.duplicate,
-            parked=outcome.parked,
-            carried=outcome.carried,
-        )
+        totals.update({name: getattr(outcome, name) for name in OUTCOMES})
     return totals
