@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import yaml
 
@@ -92,3 +96,31 @@ def test_dashboard_and_alerts_query_metrics_that_exist() -> None:
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("lag (messages)", "lag (seconds)", "flush", "dead letters", "buffer fill", "consumed"):
         assert topic in titles, topic
+
+
+def load_cluster_id_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("cluster_id", DEPLOY / "local" / "cluster_id.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cluster_id_never_begins_with_a_dash_which_kafka_storage_would_read_as_an_option() -> None:
+    new_cluster_id = load_cluster_id_script().new_cluster_id
+    dash_first = bytes([0xF8]) + bytes(15)  # top six bits 62: "-" in URL-safe base64
+    assert base64.urlsafe_b64encode(dash_first).startswith(b"-")
+    zero, usable = bytes(16), bytes(range(16))
+    draws: Iterator[bytes] = iter([dash_first, zero, usable])
+    assert new_cluster_id(lambda n: next(draws)) == base64.urlsafe_b64encode(usable).decode().rstrip("=")
+
+    ids = [new_cluster_id() for _ in range(20_000)]  # ~312 draws begin with "-" before the check
+    assert not [i for i in ids if i.startswith("-")]
+    assert {len(i) for i in ids} == {22} and len(set(ids)) == len(ids)
+    assert all(len(base64.urlsafe_b64decode(i + "==")) == 16 for i in ids)
+
+
+def test_cluster_id_script_prints_one_id() -> None:
+    proc = run(sys.executable, str(DEPLOY / "local" / "cluster_id.py"))
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{21}\n", proc.stdout), proc.stdout
