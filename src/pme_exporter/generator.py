@@ -18,6 +18,7 @@ import orjson
 Event = tuple[bytes | None, bytes | None]  # (key, value); value None is a tombstone
 
 JAKARTA = timezone(timedelta(hours=7))
+_NAK_MESSAGES = ("insufficient pool limit", "instrument not eligible", "trade limit exceeded")
 _DAY_START = datetime(2025, 11, 28, 8, 30, tzinfo=JAKARTA)
 
 
@@ -82,7 +83,12 @@ def trading_day(
     for code in instruments:
         yield (
             _key("Instrument", code),
-            envelope("Instrument", tick(), {"code": code, "name": f"{code} Tbk", "status": "A"}),
+            envelope(
+                "Instrument",
+                tick(),
+                # One instrument is not eligible for trading, so both values occur.
+                {"code": code, "name": f"{code} Tbk", "status": code != "GOTO"},
+            ),
         )
     for nid, day in enumerate(("2025-12-25", "2025-12-26", "2026-01-01"), start=1):
         yield (
@@ -130,7 +136,7 @@ def trading_day(
         if rng.random() < 0.05:
             yield (
                 _key("Order", nid),
-                envelope("OrderNak", tick(), {"order_nid": nid, "message": "insufficient pool limit"}),
+                envelope("OrderNak", tick(), {"order_nid": nid, "message": rng.choice(_NAK_MESSAGES)}),
             )
             yield _key("Order", nid), envelope("Order", tick(), {**order, "state": "R"})
             continue

@@ -2,7 +2,10 @@
 
 Two workers starting at once serialise on a session advisory lock; the second
 finds everything applied. A file that changed after it was applied is refused:
-fix forward with a new file instead.
+fix forward with a new file instead. A file the server refuses (for example a
+narrowing that stored values do not fit) changes nothing and raises
+``MigrationError`` with the server's message; what a file reports with
+``RAISE NOTICE`` (counts of converted values) goes to the log.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 
-from pme_exporter.errors import MigrationError
+from pme_exporter.errors import MigrationError, is_retryable
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
     migrations = load_migrations(directory)
     applied_now = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.add_notice_handler(_log_notice)
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             conn.execute(
@@ -79,14 +83,32 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
                             "add a new migration instead of editing an applied one"
                         )
                     continue
-                with conn.transaction():
-                    conn.execute(m.sql.encode())
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                        (m.version, m.name, m.checksum),
-                    )
+                try:
+                    with conn.transaction():
+                        conn.execute(m.sql.encode())
+                        conn.execute(
+                            "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                            (m.version, m.name, m.checksum),
+                        )
+                except psycopg.Error as exc:
+                    if is_retryable(exc):
+                        raise
+                    raise MigrationError(
+                        f"migration {m.version}_{m.name}.sql was refused and changed nothing: "
+                        f"{_server_message(exc)}"
+                    ) from exc
                 log.info("[DB-EXPORTER] Applied migration %s_%s", m.version, m.name)
                 applied_now.append(m.version)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now
+
+
+def _log_notice(diagnostic: psycopg.errors.Diagnostic) -> None:
+    log.info("[DB-EXPORTER] Migration: %s", diagnostic.message_primary)
+
+
+def _server_message(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    message = diag.message_primary or str(exc).splitlines()[0]
+    return f"{message} (hint: {diag.message_hint})" if diag.message_hint else message

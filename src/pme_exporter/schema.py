@@ -82,9 +82,15 @@ def _c(name: str, sql_type: str, kind: Kind, from_ts: bool = False) -> Column:
     return Column(name, sql_type, kind, from_ts)
 
 
-_CODE = "VARCHAR(20)"
-_AMOUNT = "NUMERIC(20,2)"
-_RATE = "NUMERIC(12,6)"
+# Types exactly as the original design declares them (README "Tables"); the
+# contract changes only TIMESTAMP to TIMESTAMPTZ and SERIAL to BIGSERIAL.
+_PARTY = "VARCHAR(50)"  # participant and account codes
+_INSTRUMENT = "VARCHAR(20)"
+_NAME = "VARCHAR(200)"
+_REFF = "VARCHAR(100)"
+_QUANTITY = "DECIMAL(15,2)"
+_LIMIT = "DECIMAL(20,2)"
+_RATE = "DECIMAL(10,6)"
 INT_, D, T, B = Kind.INTEGER, Kind.DECIMAL, Kind.TEXT, Kind.BOOLEAN
 TSZ = Kind.TIMESTAMPTZ
 
@@ -94,7 +100,7 @@ TABLES: tuple[TableSpec, ...] = (
         "participants",
         WriteMode.UPSERT,
         "code",
-        (_c("code", _CODE, T), _c("name", "VARCHAR(255)", T)),
+        (_c("code", _PARTY, T), _c("name", _NAME, T)),
     ),
     TableSpec(
         "Account",
@@ -102,11 +108,11 @@ TABLES: tuple[TableSpec, ...] = (
         WriteMode.UPSERT,
         "code",
         (
-            _c("code", _CODE, T),
-            _c("participant_code", _CODE, T),
+            _c("code", _PARTY, T),
+            _c("participant_code", _PARTY, T),
             _c("sid", "VARCHAR(50)", T),
-            _c("trade_limit", _AMOUNT, D),
-            _c("pool_limit", _AMOUNT, D),
+            _c("trade_limit", _LIMIT, D),
+            _c("pool_limit", _LIMIT, D),
         ),
     ),
     TableSpec(
@@ -114,7 +120,7 @@ TABLES: tuple[TableSpec, ...] = (
         "instruments",
         WriteMode.UPSERT,
         "code",
-        (_c("code", _CODE, T), _c("name", "VARCHAR(255)", T), _c("status", "VARCHAR(20)", T)),
+        (_c("code", _INSTRUMENT, T), _c("name", _NAME, T), _c("status", "BOOLEAN", B)),
     ),
     TableSpec(
         "Order",
@@ -123,16 +129,16 @@ TABLES: tuple[TableSpec, ...] = (
         "nid",
         (
             _c("nid", "BIGINT", INT_),
-            _c("account_code", _CODE, T),
-            _c("instrument_code", _CODE, T),
+            _c("account_code", _PARTY, T),
+            _c("instrument_code", _INSTRUMENT, T),
             _c("side", "VARCHAR(4)", T),
-            _c("quantity", _AMOUNT, D),
-            _c("quantity_left", _AMOUNT, D),
+            _c("quantity", _QUANTITY, D),
+            _c("quantity_left", _QUANTITY, D),
             _c("periode", "INT", INT_),
             _c("state", "VARCHAR(1)", T),
             _c("settlement_date", "DATE", Kind.DATE),
             _c("aro_status", "BOOLEAN", B),
-            _c("reff_request_id", "VARCHAR(50)", T),
+            _c("reff_request_id", _REFF, T),
         ),
     ),
     TableSpec(
@@ -142,9 +148,9 @@ TABLES: tuple[TableSpec, ...] = (
         "nid",
         (
             _c("nid", "BIGINT", INT_),
-            _c("kpei_reff", "VARCHAR(50)", T),
-            _c("instrument_code", _CODE, T),
-            _c("quantity", _AMOUNT, D),
+            _c("kpei_reff", _REFF, T),
+            _c("instrument_code", _INSTRUMENT, T),
+            _c("quantity", _QUANTITY, D),
             _c("periode", "INT", INT_),
             _c("state", "VARCHAR(1)", T),
             _c("matched_at", "TIMESTAMPTZ", TSZ),
@@ -163,16 +169,16 @@ TABLES: tuple[TableSpec, ...] = (
             _c("nid", "BIGINT", INT_),
             _c("trade_nid", "BIGINT", INT_),
             _c("order_nid", "BIGINT", INT_),
-            _c("kpei_reff", "VARCHAR(50)", T),
-            _c("account_code", _CODE, T),
-            _c("instrument_code", _CODE, T),
+            _c("kpei_reff", _REFF, T),
+            _c("account_code", _PARTY, T),
+            _c("instrument_code", _INSTRUMENT, T),
             _c("side", "VARCHAR(4)", T),
-            _c("quantity", _AMOUNT, D),
+            _c("quantity", _QUANTITY, D),
             _c("state", "VARCHAR(1)", T),
             _c("matched_at", "TIMESTAMPTZ", TSZ),
             _c("reimburse_at", "TIMESTAMPTZ", TSZ),
-            _c("fee_flat_val", _AMOUNT, D),
-            _c("fee_val_daily", _AMOUNT, D),
+            _c("fee_flat_val", _QUANTITY, D),
+            _c("fee_val_daily", _QUANTITY, D),
         ),
         parents=(ParentRef("trade_nid", "trades", "nid"), ParentRef("order_nid", "orders", "nid")),
     ),
@@ -214,7 +220,7 @@ TABLES: tuple[TableSpec, ...] = (
         "holidays",
         WriteMode.UPSERT,
         "nid",
-        (_c("nid", "BIGINT", INT_), _c("date", "DATE", Kind.DATE), _c("description", "VARCHAR(255)", T)),
+        (_c("nid", "BIGINT", INT_), _c("date", "DATE", Kind.DATE), _c("description", _NAME, T)),
     ),
     TableSpec(
         "SessionTime",

@@ -53,7 +53,7 @@ OTHER_TYPES = [
     env(
         "Instrument",
         "2025-11-29T08:00:02-05:00",
-        {"code": "BBCA", "name": "Bank Central Asia", "status": "A"},
+        {"code": "BBCA", "name": "Bank Central Asia", "status": True},
     ),
     env(
         "Parameter",
