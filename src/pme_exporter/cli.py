@@ -1,4 +1,4 @@
-"""``pme-exporter run | migrate | demo``; settings come from the environment.
+"""``pme-exporter run | migrate | report | demo``; settings come from the environment.
 
 Exit codes (errors.EXIT_*): 0 ok, 2 usage, 3 configuration, 4 database,
 5 Kafka, 6 migration, 1 anything else.
@@ -9,27 +9,32 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from datetime import date
 from types import FrameType
 
 import psycopg
 
-from pme_exporter import __version__
+from pme_exporter import __version__, reports
 from pme_exporter.errors import (
     EXIT_CONFIG,
     EXIT_DATABASE,
     EXIT_FAILURE,
     EXIT_MIGRATION,
     EXIT_OK,
+    EXIT_USAGE,
     ConfigError,
     MigrationError,
 )
 from pme_exporter.settings import Settings
 
 log = logging.getLogger("pme_exporter")
+
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,7 +53,73 @@ def _parser() -> argparse.ArgumentParser:
         "--orders", type=_positive_int, default=2_000, help="orders in the generated day (default 2000)"
     )
     demo.add_argument("--seed", type=int, default=7, help="random seed of the generated day")
+    report = sub.add_parser(
+        "report",
+        help="print one of the report views (README: Reports)",
+        description="Print a report view. Filters are bound as parameters, never formatted into SQL.",
+    )
+    report.add_argument("name", nargs="?", help="the report, without the report_ prefix (see --list)")
+    report.add_argument("--list", action="store_true", help="list the reports and exit")
+    report.add_argument("--account", help="only this account (reports that have one)")
+    report.add_argument("--from", dest="date_from", type=_iso_date, help="first day, YYYY-MM-DD")
+    report.add_argument("--to", dest="date_to", type=_iso_date, help="last day, YYYY-MM-DD (inclusive)")
+    report.add_argument("--format", choices=reports.FORMATS, default="table", help="default: table")
+    report.add_argument("--limit", type=_positive_int, help="at most this many rows")
+    report.add_argument(
+        "--tz",
+        dest="time_zone",
+        help="time zone for days and months, e.g. Asia/Jakarta (default: the server's)",
+    )
     return parser
+
+
+def _iso_date(raw: str) -> date:
+    # fromisoformat alone also takes 20251128 and 2025-W48-5; operators type YYYY-MM-DD.
+    try:
+        if not _DATE.fullmatch(raw):
+            raise ValueError(raw)
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a date of the form YYYY-MM-DD") from None
+
+
+def _report(args: argparse.Namespace, settings: Settings, parser: argparse.ArgumentParser) -> int:
+    if args.list:
+        for r in reports.REPORTS:
+            offered = [
+                f for f, col in (("--account", r.account_column), ("--from/--to", r.date_column)) if col
+            ]
+            print(f"{r.name:<20} {r.title}{'  [' + ', '.join(offered) + ']' if offered else ''}")
+        return EXIT_OK
+    if args.name is None:
+        parser.error("report: name a report, or use --list")
+    filters = reports.Filters(
+        account=args.account,
+        date_from=args.date_from,
+        date_to=args.date_to,
+        limit=args.limit,
+        time_zone=args.time_zone,
+    )
+    try:
+        report = reports.find(args.name)
+        reports.query(report, filters)  # refuses a filter the report lacks before connecting
+    except reports.ReportError as exc:
+        print(f"pme-exporter report: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        try:
+            columns, rows = reports.fetch(conn, report, filters)
+        except psycopg.errors.UndefinedTable:
+            print(
+                f"pme-exporter report: view {report.view} is missing; run pme-exporter migrate",
+                file=sys.stderr,
+            )
+            return EXIT_MIGRATION
+        except psycopg.errors.InvalidParameterValue as exc:  # 22023, e.g. an unknown time zone
+            print(f"pme-exporter report: {exc.diag.message_primary}", file=sys.stderr)
+            return EXIT_USAGE
+    reports.render(columns, rows, args.format, sys.stdout)
+    return EXIT_OK
 
 
 def _positive_int(raw: str) -> int:
@@ -70,7 +141,8 @@ def _install_signal_handlers(stop: threading.Event) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:
@@ -86,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             applied = migrate(settings.conninfo())
             print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
             return EXIT_OK
+        if args.command == "report":
+            return _report(args, settings, parser)
         if args.command == "demo":
             from pme_exporter.demo import run_demo
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from pme_exporter import reports
 from pme_exporter.app import run_exporter
 from pme_exporter.databases import create_database
 from pme_exporter.errors import EXIT_FAILURE, EXIT_OK, ConfigError
@@ -26,15 +28,8 @@ from pme_exporter.settings import Settings
 DEMO_DB = "pme_demo"
 CATCH_UP_TIMEOUT_S = 300.0
 
-REPORTS = {
-    "Open borrowing by instrument (active BORR contracts)": """
-        SELECT instrument_code, count(*) AS contracts, sum(quantity) AS quantity, sum(fee_val_daily) AS fee_per_day
-        FROM contracts WHERE state = 'A' AND side = 'BORR'
-        GROUP BY instrument_code ORDER BY quantity DESC LIMIT 5""",
-    "Order book by state and side": """
-        SELECT state, side, count(*) AS orders, sum(quantity_left) AS quantity_left
-        FROM orders GROUP BY state, side ORDER BY state, side""",
-}
+# Printed through the same code as ``pme-exporter report``.
+DEMO_REPORTS = (("open_borrowing", 5), ("order_book", None))
 
 
 def local_stack_settings() -> dict[str, str]:
@@ -129,10 +124,8 @@ def _print_report(settings: Settings) -> None:
             'SELECT stage, reason, error FROM exporter_dead_letters ORDER BY partition, "offset"'
         ):
             print(f"  {stage:<9} {reason:<15} {error}")
-        for title, query in REPORTS.items():
-            cur = conn.execute(query)
-            names = [d.name for d in cur.description or []]
-            print(f"\n{title}:")
-            print("  " + " | ".join(f"{n:>14}" for n in names))
-            for values in cur:
-                print("  " + " | ".join(f"{v!s:>14}" for v in values))
+        for name, limit in DEMO_REPORTS:
+            report = reports.find(name)
+            columns, rows = reports.fetch(conn, report, reports.Filters(limit=limit))
+            print(f"\n{report.title} (pme-exporter report {name}):", flush=True)
+            reports.render(columns, rows, "table", sys.stdout)

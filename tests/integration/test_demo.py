@@ -26,6 +26,8 @@ def test_demo_exports_a_trading_day_and_prints_what_landed(stack: Stack) -> None
         if line.startswith("  ") and len(line.split()) == 2
     }
     assert counts["orders"] == 300 and counts["contracts"] == 2 * counts["trades"] > 0
+    assert counts["instruments"] == 12
+    assert "(pme-exporter report open_borrowing)" in out and "(pme-exporter report order_book)" in out
     dead = out.split("Dead letters")[1].split("\n\n")[0]
     for reason in (
         "invalid_json",

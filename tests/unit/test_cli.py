@@ -16,7 +16,19 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 @pytest.mark.parametrize(
-    "args", [[], ["launch"], ["demo", "--orders", "zero"], ["demo", "--orders", "-5"], ["run", "--bogus"]]
+    "args",
+    [
+        [],
+        ["launch"],
+        ["demo", "--orders", "zero"],
+        ["demo", "--orders", "-5"],
+        ["run", "--bogus"],
+        ["report"],
+        ["report", "order_book", "--format", "xml"],
+        ["report", "trades_by_date", "--from", "2025-13-01"],
+        ["report", "trades_by_date", "--to", "20251128"],
+        ["report", "order_book", "--limit", "0"],
+    ],
 )
 def test_bad_arguments_exit_with_usage(args: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
@@ -42,3 +54,29 @@ def test_unreachable_database_exits_4_without_secrets() -> None:
     proc = run_cli("migrate", env=env)
     assert proc.returncode == EXIT_DATABASE, proc.stderr
     assert "hunter2" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["report", "no_such_report"], "no report named 'no_such_report'"),
+        (["report", "order_book", "--account", "ACC1"], "has no account to filter by"),
+        (["report", "open_borrowing", "--from", "2025-11-28"], "has no date to filter by"),
+    ],
+)
+def test_report_arguments_the_report_cannot_take_exit_2_before_connecting(
+    args: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # DB_PORT 1 is closed: reaching it would fail with exit 4, not 2.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DB_PORT", "1")
+        assert main(args) == EXIT_USAGE
+    assert says in capsys.readouterr().err
+
+
+def test_report_list_needs_no_database(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DB_PORT", "1")
+        assert main(["report", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 10 and "order_book" in out and "[--account, --from/--to]" in out
