@@ -150,6 +150,7 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         flush_interval_ms=settings.flush_interval_ms,
         max_buffered_events=settings.max_buffered_events,
         shutdown_deadline_s=settings.shutdown_deadline_s,
+        max_message_bytes=settings.max_message_bytes,
     )
     tune_gc()
     log.info("[DB-EXPORTER] Database Exporter Service started")

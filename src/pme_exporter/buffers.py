@@ -128,6 +128,20 @@ class Batch:
                 )
                 by_type["invalid"] += 1
                 continue
+            except Exception as exc:  # a decoder bug must cost one message, never the partition
+                self.dead_letters.append(
+                    DeadLetter(
+                        partition,
+                        offset,
+                        msg.key(),
+                        value,
+                        "decode",
+                        "internal",
+                        f"internal error while decoding: {type(exc).__name__}",
+                    )
+                )
+                by_type["invalid"] += 1
+                continue
             by_type[spec.event_type] += 1
             buf = tables.get(spec.table)
             if buf is None:

@@ -23,7 +23,7 @@ from typing import Any
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, TopicPartition
 
 from pme_exporter.buffers import Batch
-from pme_exporter.decode import Decoder
+from pme_exporter.decode import DEFAULT_MAX_MESSAGE_BYTES, Decoder
 from pme_exporter.errors import RetryableError
 from pme_exporter.flusher import Flusher, FlushFailed
 from pme_exporter.metrics import Metrics
@@ -77,6 +77,7 @@ class ConsumerLoop:
         flush_interval_ms: int,
         max_buffered_events: int,
         shutdown_deadline_s: float,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._consumer = consumer
@@ -84,7 +85,7 @@ class ConsumerLoop:
         self._sink = sink
         self._flusher = flusher
         self._metrics = metrics
-        self._decoder = Decoder()
+        self._decoder = Decoder(max_message_bytes)
         self._max_batch = max_batch_events
         self._interval_s = flush_interval_ms / 1000.0
         self._max_buffered = max_buffered_events

@@ -55,6 +55,8 @@ class Settings:
     flush_interval_ms: int = 500
     max_buffered_events: int = 60_000
     metrics_port: int = 9108
+    # A larger message is a dead letter (reason too_large) before it is parsed.
+    max_message_bytes: int = 1_048_576
     log_level: str = "INFO"
     shutdown_deadline_s: float = 30.0
     ready_max_retry_s: float = 30.0
@@ -67,6 +69,7 @@ class Settings:
             "PME_MAX_BUFFERED_EVENTS",
             f"must be at least PME_MAX_BATCH_EVENTS ({self.max_batch_events})",
         )
+        _check(self.max_message_bytes >= 1024, "PME_MAX_MESSAGE_BYTES", "must be at least 1024")
         _check(0 <= self.metrics_port <= 65535, "PME_METRICS_PORT", "must be a port from 0 to 65535")
         _check(1 <= self.db_port <= 65535, "DB_PORT", "must be a port from 1 to 65535")
         _check(
@@ -232,6 +235,7 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("PME_FLUSH_INTERVAL_MS", "flush_interval_ms", int),
     ("PME_MAX_BUFFERED_EVENTS", "max_buffered_events", int),
     ("PME_METRICS_PORT", "metrics_port", int),
+    ("PME_MAX_MESSAGE_BYTES", "max_message_bytes", int),
     ("PME_LOG_LEVEL", "log_level", _upper),
     ("PME_SHUTDOWN_DEADLINE_S", "shutdown_deadline_s", _positive_float),
     ("PME_READY_MAX_RETRY_S", "ready_max_retry_s", _positive_float),

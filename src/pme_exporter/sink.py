@@ -262,6 +262,19 @@ class _Attempt:
                     DeadLetter(partition, offset, key, value, "decode", exc.reason, exc.detail)
                 )
                 continue
+            except Exception as exc:  # a decoder bug must cost one message, never the flush
+                self._report.dead_letters.append(
+                    DeadLetter(
+                        partition,
+                        offset,
+                        key,
+                        value,
+                        "decode",
+                        "internal",
+                        f"internal error while decoding: {type(exc).__name__}",
+                    )
+                )
+                continue
             adopted.setdefault(table, []).append((partition, offset, key, value, text))
         return adopted
 

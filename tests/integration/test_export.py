@@ -131,7 +131,7 @@ INVALID = [
     (env("Instrument", "2025-11-29T09:00:00Z", {"code": "X" * 21}), "sqlstate_22001"),
     (env("Order", "2025-11-29T09:00:00Z", {"nid": 79, "periode": 3_000_000_000}), "sqlstate_22003"),
     (env("Holiday", "2025-11-29T09:00:00Z", {"nid": 2, "date": "2025-02-30"}), "sqlstate_22008"),
-    (env("Account", "2025-11-29T09:00:00Z", {"code": "A9", "trade_limit": "lots"}), "sqlstate_22P02"),
+    (env("Account", "2025-11-29T09:00:00Z", {"code": "A9", "trade_limit": "lots"}), "invalid_value"),
 ]
 
 

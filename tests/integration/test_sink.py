@@ -45,8 +45,8 @@ def test_refused_rows_become_dead_letters_and_the_rest_commits(
     messages[7] = msg(0, 7, "Trade", {"nid": 7, "kpei_reff": "K-3"})  # unique kpei_reff clash: 23505
     messages[21] = msg(0, 21, "Trade", {"nid": 21, "quantity": "1e30"})  # numeric overflow: 22003
     messages[30] = msg(
-        0, 30, "Trade", {"nid": 30, "matched_at": "2025-13-45T00:00:00Z"}
-    )  # bad timestamp: 22008
+        0, 30, "Trade", {"nid": 30, "matched_at": "2025-02-30T00:00:00Z"}
+    )  # a day February does not have: 22008
     report = sink.write(batch_of(*messages))
     assert sorted((d.offset, d.sqlstate) for d in report.dead_letters) == [
         (7, "23505"),

@@ -4,6 +4,7 @@ import orjson
 
 from pme_exporter.buffers import Batch, Orphan
 from pme_exporter.decode import Decoder
+from pme_exporter.schema import TableSpec
 from tests.helpers import FakeMessage
 
 
@@ -56,3 +57,20 @@ def test_carried_orphans_become_rows_and_keep_the_previous_batch_end() -> None:
         ["2", "2", "8"],
     ]
     assert batch.size == 3 and batch.events_by_type == {"Order": 1}  # counted once, when first read
+
+
+class _BrokenOnSeven(Decoder):
+    """A decoder with a bug that only one message meets."""
+
+    def decode(self, value: bytes) -> tuple[TableSpec, str]:
+        if b'"nid":7' in value:
+            raise RecursionError("maximum recursion depth exceeded")
+        return super().decode(value)
+
+
+def test_an_unexpected_decoder_failure_is_one_dead_letter_and_the_rest_lands() -> None:
+    batch = Batch(decoder=_BrokenOnSeven(), clock=lambda: 5.0)
+    batch.add([FakeMessage(order(n), 0, n, None, n) for n in (6, 7, 8)])
+    assert [(d.offset, d.stage, d.reason) for d in batch.dead_letters] == [(7, "decode", "internal")]
+    assert batch.dead_letters[0].value == order(7) and "RecursionError" in batch.dead_letters[0].error
+    assert len(batch.tables["orders"]) == 2 and batch.next_offsets == {0: 9}

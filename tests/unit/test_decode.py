@@ -74,10 +74,65 @@ def test_numbers_keep_the_digits_written() -> None:
         (encode("Order", {"nid": 1}, ts=12345), "invalid_ts"),
         (encode("Order", {"nid": 1, "aro_status": "yes"}), "wrong_type"),
         (encode("Order", {"nid": 1, "side": 5}), "wrong_type"),
-        (encode("Order", {"nid": 1.5}), "wrong_type"),
+        (encode("Order", {"nid": 1.5}), "invalid_value"),
         (encode("Order", {"nid": True}), "wrong_type"),
         (encode("Trade", {"nid": 1, "matched_at": "2025-11-29 09:00"}), "invalid_value"),
         (encode("Participant", {"code": "P\u0000"}), "invalid_value"),
+        # PostgreSQL's own words and lenient forms never pass as values.
+        (encode("Order", {"nid": 1}, ts="infinity+00:00"), "invalid_ts"),
+        (encode("Order", {"nid": 1}, ts="-infinity"), "invalid_ts"),
+        (encode("Order", {"nid": 1}, ts="yesterday+00:00"), "invalid_ts"),
+        (encode("Order", {"nid": 1}, ts="now"), "invalid_ts"),
+        (encode("Order", {"nid": 1}, ts="2025-11-29T09:00:00 EST+05:00"), "invalid_ts"),
+        (encode("Order", {"nid": 1}, ts="0000-11-29T09:00:00Z"), "invalid_ts"),
+        (encode("Order", {"nid": 1}, ts="12025-11-29T09:00:00Z"), "invalid_ts"),
+        (encode("Order", {"nid": 1}, ts="2025-11-29T24:00:00Z"), "invalid_ts"),
+        (encode("Order", {"nid": 1}, ts="2025-11-29T09:00:60Z"), "invalid_ts"),
+        (encode("Order", {"nid": 1}, ts="2025-11-29T09:00:00+7:00"), "invalid_ts"),
+        (encode("Order", {"nid": 1}, ts="2025-11-29T09:00:00+07:00 "), "invalid_ts"),
+        (encode("Order", {"nid": 1}, ts="epoch"), "invalid_ts"),
+        (encode("Order", {"nid": 1}, ts="2025-11-29T09:00:00.1234567890Z"), "invalid_ts"),
+        (encode("Order", {"nid": 1}, ts="\uff12\uff10\uff12\uff15-11-29T09:00:00Z"), "invalid_ts"),
+        (encode("Order", {"nid": 1, "settlement_date": "today"}), "invalid_value"),
+        (encode("Order", {"nid": 1, "settlement_date": "2025-12-01 "}), "invalid_value"),
+        (encode("Order", {"nid": 1, "settlement_date": "20251201"}), "invalid_value"),
+        (encode("Order", {"nid": 1, "settlement_date": "infinity"}), "invalid_value"),
+        (encode("Order", {"nid": 1, "settlement_date": "2025-13-01"}), "invalid_value"),
+        (encode("Order", {"nid": 1, "quantity": "NaN"}), "invalid_value"),
+        (encode("Order", {"nid": 1, "quantity": "Infinity"}), "invalid_value"),
+        (encode("Order", {"nid": 1, "quantity": " 1.5"}), "invalid_value"),
+        (encode("Order", {"nid": 1, "quantity": "1,5"}), "invalid_value"),
+        (encode("Order", {"nid": 1, "quantity": "0x10"}), "invalid_value"),
+        (encode("Order", {"nid": 1, "quantity": "١٢"}), "invalid_value"),
+        (encode("Order", {"nid": 1, "quantity": ""}), "invalid_value"),
+        (encode("Order", {"nid": " 42 "}), "invalid_value"),
+        (encode("Order", {"nid": "+42"}), "invalid_value"),
+        (encode("Order", {"nid": "4_2"}), "invalid_value"),
+        (encode("Order", {"nid": "٤٢"}), "invalid_value"),
+        (encode("Order", {"nid": 1, "periode": "1e3"}), "invalid_value"),
+        (encode("SessionTime", {"opening_time": "allballs"}), "invalid_value"),
+        (encode("SessionTime", {"opening_time": "24:00:00"}), "invalid_value"),
+        (encode("SessionTime", {"opening_time": "09:00"}), "invalid_value"),
+        (encode("SessionTime", {"opening_time": "09:00:00+07"}), "invalid_value"),
+        (encode("SessionTime", {"effective_from": "today"}), "invalid_value"),
+        (
+            b'{"type":"Order","ts":"2025-11-29T09:00:00Z","data":{"nid":1180591620717411303424}}',
+            "invalid_value",
+        ),
+        (b"null", "not_an_object"),
+        (b"\xef\xbb\xbf{}", "invalid_json"),  # a byte-order mark
+        (b'"\\ud800"', "invalid_json"),  # a lone surrogate
+        (b'{"a":1e400}', "invalid_json"),
+        (b"[" * 1010 + b"]" * 1010, "too_deep"),
+        (b'{"type":' + b"[" * 1010 + b"]" * 1010 + b', "ts": "x", "data": {}}', "too_deep"),
+        (
+            b'{"type":"Order","ts":"2025-11-29T09:00:00Z","data":{"nid":1,"quantity":1.5,"x":'
+            + b"[" * 1010
+            + b"]" * 1010
+            + b"}}",
+            "too_deep",
+        ),
+        (b'{"a":"' + b"x" * 2_000_000 + b'"}', "too_large"),
     ],
 )
 def test_invalid_messages_raise_a_classified_error(value: bytes, reason: str) -> None:
@@ -85,6 +140,44 @@ def test_invalid_messages_raise_a_classified_error(value: bytes, reason: str) ->
         decoder.decode(value)
     assert info.value.reason == reason
     assert info.value.detail  # a clear message for the dead letter
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (b"\xff\xfe{}", "not valid UTF-8 (byte 0xff at position 0)"),
+        (b"null", "a JSON null, not an object"),
+        (
+            b'{"type":"Order","ts":"2025-11-29T09:00:00Z","data":{"nid":1180591620717411303424}}',
+            "whole 64-bit",
+        ),
+        (encode("Order", {"nid": 1}, ts=[[1]]), "ts a JSON array is not"),
+        (orjson.dumps({"type": ["Order"] * 100, "ts": TS, "data": {}}), "unknown event type a JSON array"),
+        (
+            encode("Order", {"nid": 1, "state": "S" * 5000, "settlement_date": "x" * 500}),
+            "... (500 characters)",
+        ),
+    ],
+)
+def test_error_texts_say_what_is_wrong_briefly(value: bytes, says: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        decoder.decode(value)
+    assert says in info.value.detail and len(info.value.detail) < 200
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        "2025-11-29T09:00:00Z",
+        "2025-11-29t09:00:00z",
+        "2025-11-29 09:00:00+07:00",
+        "2025-11-29T09:00:00.123456789-05:30",
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.999999+14:00",
+    ],
+)
+def test_rfc3339_timestamps_pass(ts: str) -> None:
+    assert copy_fields(decoder.decode(encode("OrderAck", {"order_nid": 1}, ts=ts))[1]) == [ts, "1", ts]
 
 
 def test_every_table_has_a_decodable_event() -> None:
@@ -108,6 +201,36 @@ def test_copy_special_characters_are_escaped_and_round_trip() -> None:
 def test_arbitrary_bytes_never_escape_as_other_exceptions(value: bytes) -> None:
     with contextlib.suppress(DecodeError):
         decoder.decode(value)
+
+
+@given(
+    depth=st.integers(0, 1500),
+    opener=st.sampled_from([b"[", b'{"a":', b'["x",', b'{"[":']),
+    where=st.sampled_from(["type", "ts", "data", "unknown", "value"]),
+)
+def test_nesting_of_any_depth_anywhere_is_a_decode_error_or_a_row(
+    depth: int, opener: bytes, where: str
+) -> None:
+    closer = b"]" if opener.startswith(b"[") else b"}"
+    nested = opener * depth + b"1" + closer * depth
+    if where == "value":
+        raw = nested
+    elif where == "unknown":
+        raw = (
+            b'{"type":"Order","ts":"2025-11-29T09:00:00Z","data":{"nid":1,"quantity":1.5,"x":'
+            + nested
+            + b"}}"
+        )
+    else:
+        fields = {"type": b'"Order"', "ts": b'"2025-11-29T09:00:00Z"', "data": b'{"nid":1}'}
+        fields[where] = nested
+        raw = b"{" + b",".join(b'"%s":%s' % (k.encode(), v) for k, v in fields.items()) + b"}"
+    try:
+        decoder.decode(raw)
+    except DecodeError as exc:
+        assert exc.detail
+        if depth > 40:
+            assert exc.reason in ("too_deep", "unknown_type", "invalid_ts", "missing_data", "not_an_object")
 
 
 @given(
