@@ -308,7 +308,10 @@ def pg_ceiling(
             columns = statements[spec.table].copy.split("(", 1)[1].split(")", 1)[0]
             script.append(f"\\copy stg_{spec.table} ({columns}) FROM '{path}'")
             script.append(
-                statements[spec.table].apply.replace("%(lo)s", "0").replace("%(hi)s", str(len(rows) - 1))
+                statements[spec.table]
+                .apply.replace("%(lo)s", "0")
+                .replace("%(hi)s", str(len(rows) - 1))
+                .replace("%(topic)s", "'pme-ledger'")
                 + ";"
             )
         parts = ",".join(str(p) for p in chunk.next_offsets)

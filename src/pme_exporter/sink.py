@@ -300,7 +300,7 @@ class _Attempt:
         self, stmts: TableStatements, rows: TableRows, lo: int, hi: int, outcome: TableOutcome
     ) -> None:
         """Applies staging rows lo..hi in one statement; their orphans are carried or parked."""
-        result = self._cur.execute(stmts.apply, {"lo": lo, "hi": hi}).fetchone()
+        result = self._cur.execute(stmts.apply, {"lo": lo, "hi": hi, "topic": self._topic}).fetchone()
         assert result is not None
         inserted, updated, _staged, ready = (int(c) for c in result[:4])
         self._set_aside_orphans(rows, result[4:], outcome)

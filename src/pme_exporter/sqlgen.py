@@ -2,7 +2,8 @@
 
 Every statement works on one table's staging rows ``seq BETWEEN %(lo)s AND
 %(hi)s``, so the sink can run a whole batch at once or, when PostgreSQL refuses
-a row, bisect the range to find it. Staging columns are all text: COPY never
+a row, bisect the range to find it; append statements also take ``%(topic)s``,
+part of each append row's identity. Staging columns are all text: COPY never
 fails on content, and the casts below raise the SQLSTATE that names the fault.
 
 Upsert rule (spec section 3): per key the event with the greatest
@@ -113,9 +114,9 @@ def _append(spec: TableSpec) -> str:
     cols = spec.column_names
     return f"""WITH {_src_cte(spec)},
 written AS (
-    INSERT INTO {spec.table} ({", ".join(cols)}, created_at, src_partition, src_offset)
-    SELECT {", ".join(cols)}, ts, src_partition, src_offset FROM src WHERE parents_ok
-    ON CONFLICT (src_partition, src_offset) DO NOTHING
+    INSERT INTO {spec.table} ({", ".join(cols)}, created_at, src_topic, src_partition, src_offset)
+    SELECT {", ".join(cols)}, ts, %(topic)s, src_partition, src_offset FROM src WHERE parents_ok
+    ON CONFLICT (src_topic, src_partition, src_offset) DO NOTHING
     RETURNING 1
 )
 {_counts(spec, "count(*)", "0")}"""

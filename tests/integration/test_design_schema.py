@@ -164,6 +164,8 @@ def test_a_001_database_migrates_to_the_design_without_losing_a_row(
             ("I3", "A")
         ]
         assert_design_types(conn)
+        assert conn.execute("SELECT src_topic FROM order_acks").fetchall() == [("pme-ledger",)]
+    assert "append rows written before 004 are attributed to topic 'pme-ledger'" in caplog.text
 
 
 def test_a_migration_that_stored_values_do_not_fit_is_refused_and_changes_nothing(

@@ -200,3 +200,26 @@ def test_children_before_their_parents_on_another_partition_all_land(
     expected = apply_events(valid_only(first + second))
     assert len(expected["contracts"]) == 50 and len(expected["order_acks"]) == 50
     assert actual == expected, diff(expected, actual)
+
+
+def test_a_second_topic_on_the_same_database_keeps_every_append_row(
+    stack: Stack, settings: Settings, make_topic: Callable[[int], str]
+) -> None:
+    ts = "2025-11-29T09:00:00Z"
+    day: list[tuple[int | None, bytes | None, bytes | None]] = [(None, None, env("Order", ts, {"nid": 1}))]
+    day += [(None, None, env("OrderAck", ts, {"order_nid": 1})) for _ in range(40)]
+    day += [(None, None, env("OrderNak", ts, {"order_nid": 1, "message": "m"})) for _ in range(20)]
+    day += [(None, None, env("Parameter", ts, {"auto_match_flag": True})) for _ in range(20)]
+    day += [(None, None, env("SessionTime", ts, {"opening_time": "09:00:00"})) for _ in range(20)]
+    for topic in (make_topic(1), make_topic(1)):  # the same offsets, a different topic
+        located = publish(stack.kafka_url, topic, day)
+        s = settings.replace(kafka_topic=topic, kafka_group_id=topic)
+        with ExporterThread(s):
+            wait_exported(s.conninfo(), topic, ends_of(located))
+    with psycopg.connect(settings.conninfo()) as conn:
+        counts = conn.execute(
+            """SELECT (SELECT count(DISTINCT (src_topic, src_offset)) FROM order_acks),
+                      (SELECT count(*) FROM order_naks), (SELECT count(*) FROM parameters),
+                      (SELECT count(*) FROM session_times), (SELECT count(DISTINCT src_topic) FROM order_acks)"""
+        ).fetchone()
+    assert counts == (80, 40, 40, 40, 2)
