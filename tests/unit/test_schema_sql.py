@@ -32,7 +32,9 @@ def test_append_tables_are_unique_per_message_of_a_topic() -> None:
         unique = f"ADD CONSTRAINT {spec.table}_src_key UNIQUE (src_topic, src_partition, src_offset)" in text
         assert unique == (spec.mode is WriteMode.APPEND), spec.table
         if spec.mode is WriteMode.APPEND:
-            assert "ON CONFLICT (src_topic, src_partition, src_offset) DO NOTHING" in statements_for(spec).apply
+            assert (
+                "ON CONFLICT (src_topic, src_partition, src_offset) DO NOTHING" in statements_for(spec).apply
+            )
 
 
 def test_foreign_keys_match_the_parent_definitions() -> None:
