@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
+import psycopg
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+from psycopg.conninfo import conninfo_to_dict
 
 from pme_exporter.buffers import Batch
 from pme_exporter.consumer import ConsumerLoop, consumer_config, kafka_error_counter
-from pme_exporter.errors import is_retryable
+from pme_exporter.errors import ConfigError, Stopped, is_retryable
 from pme_exporter.flusher import Flusher
 from pme_exporter.metrics import HealthServer, Metrics
 from pme_exporter.migrate import migrate
@@ -21,8 +25,14 @@ from pme_exporter.settings import Settings
 from pme_exporter.sink import FlushReport, PostgresSink, count_outcomes
 
 log = logging.getLogger("pme_exporter")
+T = TypeVar("T")
 
 STARTUP_DB_WAIT_S = 60.0
+# A server that answers but refuses us (wrong password, no such database) is a
+# configuration fault; this short grace covers the refusals of a server that is
+# starting up or shutting down, which look the same from here.
+REFUSED_GRACE_S = 3.0
+_LOG_EVERY_S = 10.0
 
 
 def tune_gc() -> None:
@@ -36,17 +46,86 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
-def migrate_with_retry(settings: Settings) -> list[str]:
-    for attempt in Retrying(
-        retry=retry_if_exception(is_retryable),
-        wait=wait_exponential_jitter(multiplier=0.5, max=5, jitter=0.5),
-        stop=stop_after_delay(STARTUP_DB_WAIT_S),
-        reraise=True,
-        before_sleep=lambda s: log.warning("[DB-EXPORTER] Database not reachable yet, retrying..."),
-    ):
-        with attempt:
-            return migrate(settings.conninfo())
-    raise AssertionError("unreachable")
+def server_answers(conninfo: str, timeout_s: float = 2.0) -> bool:
+    """Whether anything accepts a connection where the database should be.
+
+    libpq reports why a connection failed only as text, with no SQLSTATE; this
+    tells "nobody there" (retry) from "the server answered and said no" (a
+    setting is wrong) by the transport alone.
+    """
+    info = conninfo_to_dict(conninfo)
+    port = int(str(info.get("port") or 5432).split(",")[0])
+    for host in str(info.get("host") or "/var/run/postgresql").split(","):
+        try:
+            if host.startswith("/"):
+                with socket.socket(socket.AF_UNIX) as unix:
+                    unix.settimeout(timeout_s)
+                    unix.connect(f"{host}/.s.PGSQL.{port}")
+            else:
+                socket.create_connection((host, port), timeout=timeout_s).close()
+        except OSError:
+            continue
+        return True
+    return False
+
+
+def _interruptible(work: Callable[[], T], stop: threading.Event) -> T:
+    """Runs ``work`` on a helper thread so that a stop is noticed within 0.1 s."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except BaseException as exc:
+            failure.append(exc)
+
+    helper = threading.Thread(target=run, name="pme-startup", daemon=True)
+    helper.start()
+    while helper.is_alive():
+        if stop.wait(0.1):
+            raise Stopped("stopped while connecting to the database")
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+def migrate_with_retry(settings: Settings, stop: threading.Event) -> list[str]:
+    """Applies migrations, waiting up to STARTUP_DB_WAIT_S for an unreachable database.
+
+    Raises ConfigError at once (after REFUSED_GRACE_S) when the server answers
+    but refuses the connection, psycopg's error when the wait runs out, and
+    Stopped when ``stop`` is set meanwhile.
+    """
+    conninfo = settings.conninfo()
+    started = time.monotonic()
+    refused_since: float | None = None
+    logged_at = -_LOG_EVERY_S
+    delay = 0.5
+    while True:
+        try:
+            return _interruptible(lambda: migrate(conninfo), stop)
+        except psycopg.Error as exc:
+            if not is_retryable(exc):
+                raise
+            now = time.monotonic()
+            cause = " ".join(str(exc).split())  # for people; never parsed
+            if _interruptible(lambda: server_answers(conninfo), stop):
+                if refused_since is None:
+                    refused_since = now
+                    log.error("[DB-EXPORTER] The database refused the connection: %s", cause)
+                if now - refused_since >= REFUSED_GRACE_S:
+                    raise ConfigError(f"the database refused the connection: {cause}") from exc
+            else:
+                refused_since = None
+                if now - started >= STARTUP_DB_WAIT_S:
+                    raise
+                if now - logged_at >= _LOG_EVERY_S:
+                    logged_at = now
+                    log.warning("[DB-EXPORTER] Database not reachable yet, retrying: %s", cause)
+        if stop.wait(delay):
+            raise Stopped("stopped while waiting for the database")
+        delay = min(delay * 2, 5.0)
 
 
 class Readiness:
@@ -92,7 +171,7 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         settings.kafka_group_id,
     )
     log.info("[DB-EXPORTER] Database: %s", settings.db_target())
-    applied = migrate_with_retry(settings)
+    applied = migrate_with_retry(settings, stop)
     log.info("[DB-EXPORTER] Database schema ready (%d migrations applied now)", len(applied))
 
     sink = PostgresSink(conninfo=settings.conninfo(), topic=settings.kafka_topic)
@@ -127,17 +206,25 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
     consumer = Consumer(config)
     health = None
     if settings.metrics_port:
-        health = HealthServer(
-            metrics,
-            port=settings.metrics_port,
-            ready=Readiness(
-                admin=AdminClient(settings.kafka_admin_config()),
-                sink=sink,
-                flusher=flusher,
-                topic=settings.kafka_topic,
-                max_retry_s=settings.ready_max_retry_s,
-            ),
-        )
+        try:
+            health = HealthServer(
+                metrics,
+                port=settings.metrics_port,
+                ready=Readiness(
+                    admin=AdminClient(settings.kafka_admin_config()),
+                    sink=sink,
+                    flusher=flusher,
+                    topic=settings.kafka_topic,
+                    max_retry_s=settings.ready_max_retry_s,
+                ),
+            )
+        except OSError as exc:
+            flusher.close()
+            sink.close(timeout_s=5.0)
+            consumer.close()
+            raise ConfigError(
+                f"PME_METRICS_PORT: cannot listen on port {settings.metrics_port}: {exc.strerror}"
+            ) from exc
         health.start()
         log.info("[DB-EXPORTER] Metrics and probes on :%d (/metrics, /healthz, /readyz)", health.port)
     loop = ConsumerLoop(

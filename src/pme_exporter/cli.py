@@ -1,7 +1,8 @@
 """``pme-exporter run | migrate | report | demo``; settings come from the environment.
 
-Exit codes (errors.EXIT_*): 0 ok, 2 usage, 3 configuration, 4 database,
-5 Kafka, 6 migration, 1 anything else.
+Exit codes (errors.EXIT_*, README "Configuration"): 0 ok, 2 usage,
+3 configuration (including a database that refuses the connection), 4 database
+unreachable, 6 migration, 1 anything else.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pme_exporter.errors import (
     EXIT_USAGE,
     ConfigError,
     MigrationError,
+    Stopped,
 )
 from pme_exporter.settings import Settings
 
@@ -176,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MigrationError as exc:
         log.error("migration error: %s", exc)
         return EXIT_MIGRATION
+    except Stopped as exc:
+        log.info("[DB-EXPORTER] %s; nothing was written", exc)
+        return EXIT_OK
     except psycopg.OperationalError as exc:
         log.error("database unreachable: %s", exc)
         return EXIT_DATABASE

@@ -51,6 +51,10 @@ class MigrationError(ExporterError):
     """A migration could not be applied, or an applied one was changed."""
 
 
+class Stopped(ExporterError):
+    """A stop was asked for (SIGTERM) while starting up; nothing was written, exit 0."""
+
+
 def sqlstate_of(exc: BaseException) -> str | None:
     return getattr(exc, "sqlstate", None) if isinstance(exc, psycopg.Error) else None
 

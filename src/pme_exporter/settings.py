@@ -109,6 +109,7 @@ class Settings:
                 "DATABASE_URL",
                 "must start with postgresql:// (the value is not shown: it may hold a password)",
             )
+            _check_connection_options(self.conninfo(), "DATABASE_URL")
 
     def conninfo(self) -> str:
         """The libpq connection string; contains the password, so never log it."""
@@ -187,6 +188,27 @@ class Settings:
                 shown = "(hidden)" if attr in _SECRET_ATTRS else repr(raw)
                 raise ConfigError(f"{name}: {shown} is not a valid {_KIND[parse]}") from None
         return cls(**values)
+
+
+def _check_connection_options(conninfo: str, variable: str) -> None:
+    """What libpq would refuse only when connecting: a port that is no number, an unknown sslmode."""
+    options = conninfo_to_dict(conninfo)
+    for port in str(options.get("port") or "5432").split(","):
+        _check(
+            port.isascii() and port.isdigit() and 1 <= int(port) <= 65535,
+            variable,
+            f"port {port!r} is not a port",
+        )
+    sslmode = options.get("sslmode")
+    _check(
+        sslmode is None or sslmode in _SSLMODES, variable, f"sslmode must be one of {', '.join(_SSLMODES)}"
+    )
+    timeout = options.get("connect_timeout")
+    _check(
+        timeout is None or str(timeout).isdigit(),
+        variable,
+        "connect_timeout must be a whole number of seconds",
+    )
 
 
 def _check(ok: bool, variable: str, problem: str) -> None:

@@ -41,6 +41,11 @@ def test_environment_overrides_every_documented_variable() -> None:
     ("env", "variable"),
     [
         ({"DB_PORT": "five"}, "DB_PORT"),
+        ({"DATABASE_URL": "postgresql://u@h/db?port=notaport"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://u@h:99999/db"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://u@h/db?sslmode=bogus"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://u@h/db?connect_timeout=soon"}, "DATABASE_URL"),
+        ({"PME_MAX_MESSAGE_BYTES": "100"}, "PME_MAX_MESSAGE_BYTES"),
         ({"DB_PORT": "70000"}, "DB_PORT"),
         ({"PME_MAX_BATCH_EVENTS": "0"}, "PME_MAX_BATCH_EVENTS"),
         ({"PME_FLUSH_INTERVAL_MS": "-1"}, "PME_FLUSH_INTERVAL_MS"),

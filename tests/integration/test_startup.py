@@ -1,0 +1,75 @@
+"""Start-up failures end fast, in one clear line and a documented exit code; SIGTERM is honoured while waiting."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pme_exporter.errors import EXIT_CONFIG, EXIT_OK
+from pme_exporter.settings import Settings
+from tests.helpers import exporter_env
+
+
+def start(settings: Settings, **extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pme_exporter.cli", "run"],
+        env={**exporter_env(settings.replace(metrics_port=0, kafka_topic="t-startup")), **extra},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "cause"),
+    [
+        ({"db_password": "not-the-password"}, 'password authentication failed for user "pme"'),
+        ({"db_name": "no_such_database"}, 'database "no_such_database" does not exist'),
+    ],
+)
+def test_a_database_that_refuses_us_is_a_configuration_error_named_in_the_first_error_line(
+    base_settings: Settings, change: dict[str, str], cause: str
+) -> None:
+    started = time.monotonic()
+    proc = start(base_settings.replace(**change))
+    out, _ = proc.communicate(timeout=60)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == EXIT_CONFIG, out
+    errors = [line for line in out.splitlines() if " ERROR " in line]
+    assert cause in errors[0], out
+    assert "not-the-password" not in out
+    assert elapsed < 30, f"took {elapsed:.1f}s"  # not the 60 s an unreachable server gets
+
+
+def test_sigterm_while_waiting_for_an_unreachable_database_exits_0_within_a_second(
+    base_settings: Settings,
+) -> None:
+    proc = start(base_settings.replace(db_port=1))
+    deadline = time.monotonic() + 30
+    assert proc.stdout is not None
+    for line in proc.stdout:  # until the worker says it waits
+        if "Database not reachable yet" in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == EXIT_OK, out
+    assert time.monotonic() - sent < 1.5
+    assert "stopped while" in out
+
+
+def test_a_metrics_port_in_use_is_one_line_and_exit_3(base_settings: Settings, settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # noqa: S104 - the exporter binds all interfaces too
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = start(settings, PME_METRICS_PORT=str(port))
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_CONFIG, out
+    assert f"PME_METRICS_PORT: cannot listen on port {port}: Address already in use" in out
+    assert "Traceback" not in out
