@@ -15,9 +15,10 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import conninfo_to_dict
 
+from pme_exporter.breaker import DeadLetterBreaker
 from pme_exporter.buffers import Batch
-from pme_exporter.consumer import ConsumerLoop, consumer_config, kafka_error_counter
-from pme_exporter.errors import ConfigError, Stopped, is_retryable
+from pme_exporter.consumer import ConsumerLoop, KafkaErrorPolicy, consumer_config
+from pme_exporter.errors import ConfigError, Stopped, is_retryable, retry_reason
 from pme_exporter.flusher import Flusher
 from pme_exporter.metrics import HealthServer, Metrics
 from pme_exporter.migrate import migrate
@@ -129,7 +130,8 @@ def migrate_with_retry(settings: Settings, stop: threading.Event) -> list[str]:
 
 
 class Readiness:
-    """``/readyz``: Kafka and PostgreSQL answer, and no flush has been retrying past the threshold.
+    """``/readyz``: not halted, events not held past a threshold, no flush retrying past another,
+    and Kafka and PostgreSQL answer.
 
     Kafka is asked through an AdminClient of its own: the consumer belongs to
     the consumer thread, and ``list_topics`` on it from another thread blocks
@@ -137,15 +139,30 @@ class Readiness:
     """
 
     def __init__(
-        self, *, admin: AdminClient, sink: PostgresSink, flusher: Flusher, topic: str, max_retry_s: float
+        self,
+        *,
+        admin: AdminClient,
+        sink: PostgresSink,
+        flusher: Flusher,
+        loop: ConsumerLoop,
+        topic: str,
+        max_retry_s: float,
+        max_stall_s: float,
     ):
         self._admin = admin
         self._sink = sink
         self._flusher = flusher
+        self._loop = loop
         self._topic = topic
         self._max_retry_s = max_retry_s
+        self._max_stall_s = max_stall_s
 
     def __call__(self) -> tuple[bool, str]:
+        if self._loop.halted is not None:
+            return False, f"halted: {self._loop.halted}"
+        stalled = self._loop.stalled_s()
+        if stalled > self._max_stall_s:
+            return False, f"events held for {stalled:.0f}s with no flush committing"
         since = self._flusher.retrying_since
         if since is not None and time.monotonic() - since > self._max_retry_s:
             return False, f"database writes failing for {time.monotonic() - since:.0f}s"
@@ -174,7 +191,13 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
     applied = migrate_with_retry(settings, stop)
     log.info("[DB-EXPORTER] Database schema ready (%d migrations applied now)", len(applied))
 
-    sink = PostgresSink(conninfo=settings.conninfo(), topic=settings.kafka_topic)
+    sink = PostgresSink(
+        conninfo=settings.conninfo(),
+        topic=settings.kafka_topic,
+        lock_timeout_ms=settings.db_lock_timeout_ms,
+        idle_in_transaction_timeout_ms=settings.db_idle_in_transaction_timeout_ms,
+        breaker=DeadLetterBreaker(window=settings.breaker_window, ratio=settings.breaker_ratio),
+    )
 
     def on_report(batch: Batch, report: FlushReport) -> None:
         metrics.record_flush(batch, report, time.time())
@@ -200,33 +223,13 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
             dead,
         )
 
-    flusher = Flusher(sink, on_report=on_report, on_retry=lambda exc: metrics.db_retries.inc())
+    flusher = Flusher(
+        sink, on_report=on_report, on_retry=lambda exc: metrics.db_retries.labels(retry_reason(exc)).inc()
+    )
+    kafka_errors = KafkaErrorPolicy(metrics, topic_wait_s=settings.topic_wait_s)
     config = consumer_config(settings.kafka_config())
-    config["error_cb"] = kafka_error_counter(metrics)
+    config["error_cb"] = kafka_errors.on_error
     consumer = Consumer(config)
-    health = None
-    if settings.metrics_port:
-        try:
-            health = HealthServer(
-                metrics,
-                port=settings.metrics_port,
-                ready=Readiness(
-                    admin=AdminClient(settings.kafka_admin_config()),
-                    sink=sink,
-                    flusher=flusher,
-                    topic=settings.kafka_topic,
-                    max_retry_s=settings.ready_max_retry_s,
-                ),
-            )
-        except OSError as exc:
-            flusher.close()
-            sink.close(timeout_s=5.0)
-            consumer.close()
-            raise ConfigError(
-                f"PME_METRICS_PORT: cannot listen on port {settings.metrics_port}: {exc.strerror}"
-            ) from exc
-        health.start()
-        log.info("[DB-EXPORTER] Metrics and probes on :%d (/metrics, /healthz, /readyz)", health.port)
     loop = ConsumerLoop(
         consumer=consumer,
         topic=settings.kafka_topic,
@@ -238,14 +241,42 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         max_buffered_events=settings.max_buffered_events,
         shutdown_deadline_s=settings.shutdown_deadline_s,
         max_message_bytes=settings.max_message_bytes,
+        kafka_errors=kafka_errors,
     )
+    health = None
+    if settings.metrics_port:
+        try:
+            health = HealthServer(
+                metrics,
+                port=settings.metrics_port,
+                ready=Readiness(
+                    admin=AdminClient(settings.kafka_admin_config()),
+                    sink=sink,
+                    flusher=flusher,
+                    loop=loop,
+                    topic=settings.kafka_topic,
+                    max_retry_s=settings.ready_max_retry_s,
+                    max_stall_s=settings.ready_max_stall_s,
+                ),
+            )
+        except OSError as exc:
+            flusher.close()
+            sink.close(timeout_s=5.0)
+            consumer.close()
+            raise ConfigError(
+                f"PME_METRICS_PORT: cannot listen on port {settings.metrics_port}: {exc.strerror}"
+            ) from exc
+        health.start()
+        log.info("[DB-EXPORTER] Metrics and probes on :%d (/metrics, /healthz, /readyz)", health.port)
     tune_gc()
     log.info("[DB-EXPORTER] Database Exporter Service started")
     try:
         loop.run(stop)
     finally:
-        flusher.close()
-        sink.close(timeout_s=5.0)
+        # The loop spent the shutdown deadline; what is still being written is
+        # left uncommitted (read again next run) rather than waited for.
+        flusher.close(timeout_s=0.5)
+        sink.close(timeout_s=0.5)
         if health is not None:
             health.close()
         log.info("[DB-EXPORTER] Database Exporter Service stopped")

@@ -2,7 +2,7 @@
 
 Exit codes (errors.EXIT_*, README "Configuration"): 0 ok, 2 usage,
 3 configuration (including a database that refuses the connection), 4 database
-unreachable, 6 migration, 1 anything else.
+unreachable, 5 Kafka refused the worker, 6 migration, 1 anything else.
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ from pme_exporter.errors import (
     EXIT_CONFIG,
     EXIT_DATABASE,
     EXIT_FAILURE,
+    EXIT_KAFKA,
     EXIT_MIGRATION,
     EXIT_OK,
     EXIT_USAGE,
     ConfigError,
+    KafkaFatalError,
     MigrationError,
     Stopped,
 )
@@ -178,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MigrationError as exc:
         log.error("migration error: %s", exc)
         return EXIT_MIGRATION
+    except KafkaFatalError as exc:
+        log.error("[DB-EXPORTER] Kafka: %s", exc)
+        return EXIT_KAFKA
     except Stopped as exc:
         log.info("[DB-EXPORTER] %s; nothing was written", exc)
         return EXIT_OK

@@ -22,9 +22,10 @@ from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, TopicPartition
 
+from pme_exporter.breaker import DeadLetterFlood
 from pme_exporter.buffers import Batch
 from pme_exporter.decode import DEFAULT_MAX_MESSAGE_BYTES, Decoder
-from pme_exporter.errors import RetryableError
+from pme_exporter.errors import KafkaFatalError, RetryableError, retry_reason
 from pme_exporter.flusher import Flusher, FlushFailed
 from pme_exporter.metrics import Metrics
 from pme_exporter.sink import Sink
@@ -42,6 +43,60 @@ _BACKPRESSURE_WAIT_S = 1.0
 
 class FatalError(Exception):
     """The loop cannot continue; the process should exit and be restarted."""
+
+
+# Errors no retry cures. A fenced static member reaches error_cb as _FATAL.
+_FATAL_CODES = frozenset(
+    {
+        KafkaError._FATAL,
+        KafkaError._AUTHENTICATION,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.FENCED_INSTANCE_ID,
+    }
+)
+_TOPIC_MISSING_CODES = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
+
+
+class KafkaErrorPolicy:
+    """Counts every Kafka client error and decides which ones end the worker.
+
+    ``on_error`` is the client's ``error_cb`` and also sees the errors carried
+    by messages; both run on the consumer thread, inside ``consume()`` or
+    after it. ``raise_if_fatal`` raises ``KafkaFatalError`` once a fatal error
+    was seen, or once the topic has been missing for ``topic_wait_s``.
+    """
+
+    def __init__(
+        self, metrics: Metrics, *, topic_wait_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._metrics = metrics
+        self._topic_wait_s = topic_wait_s
+        self._clock = clock
+        self._fatal: str | None = None
+        self._topic_missing_since: float | None = None
+
+    def on_error(self, err: KafkaError) -> None:
+        self._metrics.kafka_errors.labels(err.name()).inc()
+        if err.fatal() or err.code() in _FATAL_CODES:
+            self._fatal = f"{err.name()}: {err.str()}"
+        elif err.code() in _TOPIC_MISSING_CODES:
+            if self._topic_missing_since is None:
+                self._topic_missing_since = self._clock()
+                log.warning("[DB-EXPORTER] Kafka: the topic is missing (%s); waiting for it", err.str())
+        else:
+            log.warning("[DB-EXPORTER] Kafka client error: %s", err)
+
+    def topic_seen(self) -> None:
+        self._topic_missing_since = None
+
+    def raise_if_fatal(self) -> None:
+        if self._fatal is not None:
+            raise KafkaFatalError(f"Kafka refused the worker: {self._fatal}")
+        since = self._topic_missing_since
+        if since is not None and self._clock() - since >= self._topic_wait_s:
+            raise KafkaFatalError(f"the topic has been missing for {self._clock() - since:.0f}s")
 
 
 def consumer_config(base: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +133,7 @@ class ConsumerLoop:
         max_buffered_events: int,
         shutdown_deadline_s: float,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        kafka_errors: KafkaErrorPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._consumer = consumer
@@ -101,6 +157,11 @@ class ConsumerLoop:
         self._last_flush_at = clock()
         self._parked_waiting = 0
         self._stop: threading.Event | None = None
+        self._kafka_errors = kafka_errors or KafkaErrorPolicy(metrics, topic_wait_s=60.0, clock=clock)
+        self._last_progress_at = clock()
+        self._shutdown_deadline: float | None = None
+        # Why the worker stopped consuming (the dead-letter breaker), for /readyz and the log.
+        self.halted: str | None = None
         metrics.buffer_capacity.set(max_buffered_events)
 
     def run(self, stop: threading.Event) -> None:
@@ -111,20 +172,28 @@ class ConsumerLoop:
         next_lag_at = 0.0
         try:
             while not stop.is_set():
-                self._collect()
-                self._maybe_flush()
+                self._kafka_errors.raise_if_fatal()
+                if self.halted is None:
+                    self._collect()
+                    self._maybe_flush()
                 room = self._max_buffered - self._batch.size
                 messages = self._consumer.consume(
                     num_messages=max(1, min(room, _MAX_POLL_MESSAGES)), timeout=_POLL_TIMEOUT_S
                 )
-                if messages:
+                if messages and self.halted is None:
                     self._add(messages)
                 now = self._clock()
+                if self._batch.size == 0 and self._flusher.idle():
+                    self._last_progress_at = now
                 if now >= next_lag_at:
                     self._update_lag()
                     next_lag_at = now + _LAG_EVERY_S
         finally:
             self._shutdown()
+
+    def stalled_s(self) -> float:
+        """How long events have been held with no flush committing (0 when nothing is held)."""
+        return max(0.0, self._clock() - self._last_progress_at)
 
     # -- the data path ------------------------------------------------------
     def _new_batch(self) -> Batch:
@@ -139,8 +208,9 @@ class ConsumerLoop:
                 if err is None:
                     good.append(m)
                 else:
-                    self._metrics.kafka_errors.labels(err.name()).inc()
-                    log.warning("[DB-EXPORTER] Kafka error: %s", err)
+                    self._kafka_errors.on_error(err)
+        if good:
+            self._kafka_errors.topic_seen()
         self._batch.add(good)
         self._metrics.buffered_events.set(self._batch.size)
 
@@ -179,9 +249,13 @@ class ConsumerLoop:
         try:
             report = self._flusher.take_result()
         except FlushFailed as exc:
+            if isinstance(exc.__cause__, DeadLetterFlood):
+                self._halt(str(exc.__cause__))
+                return
             raise FatalError(f"a batch could not be written: {exc}") from exc
         if report is None:
             return
+        self._last_progress_at = self._clock()
         ends, self._inflight_offsets = self._inflight_offsets or {}, None
         offsets = report.saved_offsets
         # Orphans of partitions given up meanwhile stay behind: their saved offset
@@ -211,6 +285,22 @@ class ConsumerLoop:
             self._collect()
         return True
 
+    def _halt(self, why: str) -> None:
+        """Stops consuming for good (until a restart) and keeps the stored offsets: nothing
+        of the refused batch, or of what was read after it, is committed."""
+        self.halted = why
+        self._batch = self._new_batch()
+        self._metrics.buffered_events.set(0)
+        assignment = self._consumer.assignment()
+        if assignment:
+            self._consumer.pause(assignment)
+        log.error(
+            "[DB-EXPORTER] Halted by the dead-letter breaker: %s. Nothing of that batch was committed; "
+            "find the cause (see exporter_dead_letters and the flush logs), then restart. "
+            "PME_BREAKER_RATIO=1 turns the breaker off.",
+            why,
+        )
+
     # -- backpressure -------------------------------------------------------
     def _pause(self) -> None:
         self._paused_since = self._clock()
@@ -235,7 +325,8 @@ class ConsumerLoop:
             if tp.partition in stored:
                 self._exported[tp.partition] = stored[tp.partition]
         consumer.incremental_assign(partitions)
-        if self._paused_since is not None:
+        self._kafka_errors.topic_seen()
+        if self._paused_since is not None or self.halted is not None:
             consumer.pause(partitions)
         self._assigned.update(numbers)
         log.info("[DB-EXPORTER] Assigned partitions %s, resuming at %s", sorted(numbers), stored)
@@ -248,13 +339,27 @@ class ConsumerLoop:
             except RetryableError as exc:
                 if self._stop is not None and self._stop.is_set():
                     raise FatalError("stopping while the database was unreachable") from exc
-                self._metrics.db_retries.inc()
+                self._metrics.db_retries.labels(retry_reason(exc)).inc()
                 log.warning("[DB-EXPORTER] Reading stored offsets failed, retrying: %s", exc)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted(tp.partition for tp in partitions)
+        if self._shutdown_deadline is not None:
+            # Closing: the shutdown drain already ran, within the one deadline. What is
+            # not committed by then is read again by the next owner: nothing is lost.
+            try:
+                drained = self._drain(self._shutdown_deadline)
+            except FatalError as exc:
+                log.error("[DB-EXPORTER] %s", exc)
+                drained = False
+            if not drained:
+                log.warning(
+                    "[DB-EXPORTER] Gave up partitions %s with writes left for the next owner", numbers
+                )
+            self._assigned.difference_update(numbers)
+            return
         if not self._drain(self._clock() + self._deadline_s):
             # The new owner reads from exporter_offsets, so nothing is lost; but our
             # buffer may mix partitions we keep, so restart cleanly rather than guess.
@@ -297,9 +402,9 @@ class ConsumerLoop:
 
     # -- shutdown -------------------------------------------------------------
     def _shutdown(self) -> None:
-        deadline = self._clock() + self._deadline_s
+        deadline = self._shutdown_deadline = self._clock() + self._deadline_s
         try:
-            if not self._drain(deadline):
+            if self.halted is None and not self._drain(deadline):
                 log.warning("[DB-EXPORTER] Shutdown deadline passed; unflushed events will be read again")
                 self._flusher.abandon()
         except FatalError as exc:
@@ -313,11 +418,3 @@ class ConsumerLoop:
             except Exception as exc:
                 log.debug("final Kafka commit failed: %s", exc)
         self._consumer.close()
-
-
-def kafka_error_counter(metrics: Metrics) -> Callable[[KafkaError], None]:
-    def on_error(err: KafkaError) -> None:
-        metrics.kafka_errors.labels(err.name()).inc()
-        log.warning("[DB-EXPORTER] Kafka client error: %s", err)
-
-    return on_error

@@ -18,6 +18,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 3
 EXIT_DATABASE = 4
+EXIT_KAFKA = 5
 EXIT_MIGRATION = 6
 
 # SQLSTATE classes (first two characters) and codes that a retry can cure.
@@ -51,6 +52,11 @@ class MigrationError(ExporterError):
     """A migration could not be applied, or an applied one was changed."""
 
 
+class KafkaFatalError(ExporterError):
+    """Kafka said something no retry cures (fenced static member, authentication, a topic that
+    stays missing); the process exits with ``EXIT_KAFKA``. Nothing uncommitted is lost."""
+
+
 class Stopped(ExporterError):
     """A stop was asked for (SIGTERM) while starting up; nothing was written, exit 0."""
 
@@ -63,6 +69,11 @@ def is_row_error(exc: BaseException) -> bool:
     """True when the database refused the data itself (class 22 or 23)."""
     state = sqlstate_of(exc)
     return state is not None and state[:2] in _ROW_ERROR_CLASSES
+
+
+def retry_reason(exc: BaseException) -> str:
+    """A short label for a retried failure: its SQLSTATE, or 'connection' when it has none."""
+    return sqlstate_of(exc) or "connection"
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -96,12 +96,14 @@ class Flusher:
         with self._lock:
             self._abandoned = True
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stops the thread; a write still running after ``timeout_s`` is left to die with the process
+        (its transaction never commits, so its batch is read again)."""
         with self._lock:
             self._closed = True
             self._abandoned = True
             self._lock.notify_all()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=timeout_s)
 
     def _run(self) -> None:
         while True:

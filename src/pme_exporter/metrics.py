@@ -77,7 +77,10 @@ class Metrics:
             "pme_exporter_last_flush_timestamp_seconds", "Unix time of the last committed flush", registry=r
         )
         self.db_retries = Counter(
-            "pme_exporter_db_retries", "Database attempts that failed and were retried", registry=r
+            "pme_exporter_db_retries",
+            "Database attempts that failed and were retried, by SQLSTATE ('connection' when none)",
+            ["reason"],
+            registry=r,
         )
         self.kafka_errors = Counter(
             "pme_exporter_kafka_errors", "Errors reported by the Kafka client", ["code"], registry=r

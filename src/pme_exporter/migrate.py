@@ -61,7 +61,6 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
     migrations = load_migrations(directory)
     applied_now = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.add_notice_handler(_log_notice)
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             conn.execute(
@@ -71,6 +70,7 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
                     checksum TEXT NOT NULL,
                     applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
             )
+            conn.add_notice_handler(_log_notice)  # from here on, notices are the files' own
             done: dict[str, str] = dict(
                 conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
             )

@@ -60,6 +60,20 @@ class Settings:
     log_level: str = "INFO"
     shutdown_deadline_s: float = 30.0
     ready_max_retry_s: float = 30.0
+    # /readyz fails when events have waited this long with no flush committing.
+    ready_max_stall_s: float = 60.0
+    # A flush waits at most this long for a row lock (then retries with backoff),
+    # so a worker frozen inside its transaction cannot stall the new owner for long.
+    db_lock_timeout_ms: int = 5_000
+    # PostgreSQL ends a session idle inside a transaction this long (a frozen or
+    # partitioned worker), releasing its locks; its batch is retried or re-read.
+    db_idle_in_transaction_timeout_ms: int = 15_000
+    # The dead-letter breaker (breaker.py): more than this share of the newest
+    # window of messages dead-lettered for one reason halts the worker; 1 turns it off.
+    breaker_window: int = 1_000
+    breaker_ratio: float = 0.25
+    # A subscribed topic that does not exist for this long is fatal (exit 5).
+    topic_wait_s: float = 60.0
 
     def __post_init__(self) -> None:
         _check(self.max_batch_events >= 1, "PME_MAX_BATCH_EVENTS", "must be at least 1")
@@ -79,6 +93,15 @@ class Settings:
         )
         _check(self.shutdown_deadline_s > 0, "PME_SHUTDOWN_DEADLINE_S", "must be positive")
         _check(self.ready_max_retry_s > 0, "PME_READY_MAX_RETRY_S", "must be positive")
+        _check(self.ready_max_stall_s > 0, "PME_READY_MAX_STALL_S", "must be positive")
+        _check(self.db_lock_timeout_ms >= 1, "PME_DB_LOCK_TIMEOUT_MS", "must be at least 1")
+        _check(self.breaker_window >= 10, "PME_BREAKER_WINDOW", "must be at least 10")
+        _check(0 < self.breaker_ratio <= 1, "PME_BREAKER_RATIO", "must be above 0 and at most 1")
+        _check(
+            self.db_idle_in_transaction_timeout_ms >= 1000,
+            "PME_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+            "must be at least 1000",
+        )
         _check(self.db_sslmode in _SSLMODES, "DB_SSLMODE", f"must be one of {', '.join(_SSLMODES)}")
         _check(self.log_level in _LOG_LEVELS, "PME_LOG_LEVEL", f"must be one of {', '.join(_LOG_LEVELS)}")
         _check(bool(self.kafka_url.strip()), "KAFKA_URL", "must name at least one broker host:port")
@@ -225,11 +248,14 @@ def _upper(raw: str) -> str:
 
 
 def _positive_float(raw: str) -> float:
-    return float(raw)
+    value = float(raw)
+    if not value > 0 or value == float("inf"):  # also refuses nan
+        raise ValueError(raw)
+    return value
 
 
 _KIND: dict[Callable[[str], Any], str] = {int: "whole number", _text: "text", _upper: "text"}
-_KIND[_positive_float] = "number"
+_KIND[_positive_float] = "positive number"
 _SECRET_ATTRS = frozenset({"db_password", "kafka_sasl_password", "database_url"})
 
 # (environment variable, Settings attribute, parser); README documents each.
@@ -261,6 +287,12 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("PME_LOG_LEVEL", "log_level", _upper),
     ("PME_SHUTDOWN_DEADLINE_S", "shutdown_deadline_s", _positive_float),
     ("PME_READY_MAX_RETRY_S", "ready_max_retry_s", _positive_float),
+    ("PME_READY_MAX_STALL_S", "ready_max_stall_s", _positive_float),
+    ("PME_DB_LOCK_TIMEOUT_MS", "db_lock_timeout_ms", int),
+    ("PME_BREAKER_WINDOW", "breaker_window", int),
+    ("PME_BREAKER_RATIO", "breaker_ratio", _positive_float),
+    ("PME_TOPIC_WAIT_S", "topic_wait_s", _positive_float),
+    ("PME_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", "db_idle_in_transaction_timeout_ms", int),
 )
 _KIND[str] = "text"
 

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from pme_exporter.breaker import DeadLetterBreaker
 from pme_exporter.buffers import Batch, DeadLetter, Orphan, TableRows
 from pme_exporter.decode import Decoder
 from pme_exporter.errors import DecodeError, RetryableError, is_retryable, is_row_error, sqlstate_of
@@ -113,9 +114,26 @@ class _RowRefused(Exception):
 
 
 class PostgresSink:
-    def __init__(self, *, conninfo: str, topic: str, pool_max_size: int = 3) -> None:
+    def __init__(
+        self,
+        *,
+        conninfo: str,
+        topic: str,
+        pool_max_size: int = 3,
+        lock_timeout_ms: int = 5_000,
+        idle_in_transaction_timeout_ms: int = 15_000,
+        breaker: DeadLetterBreaker | None = None,
+    ) -> None:
         self._topic = topic
+        self._breaker = breaker or DeadLetterBreaker(window=1, ratio=1.0)
         self._conninfo = conninfo
+        self._session_settings = {
+            "lock_timeout": str(lock_timeout_ms),
+            "idle_in_transaction_session_timeout": str(idle_in_transaction_timeout_ms),
+            # The per-key collapse sorts a whole batch; at the default 4 MB a
+            # 60k-event batch sorted on disk.
+            "work_mem": "64MB",
+        }
         self._decoder = Decoder()
         self._pool = ConnectionPool(
             conninfo,
@@ -131,9 +149,8 @@ class PostgresSink:
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         # Staging tables live per connection and empty themselves at each commit.
         with conn.cursor() as cur:
-            # The per-key collapse sorts a whole batch; at the default 4 MB a
-            # 60k-event batch sorted on disk.
-            cur.execute("SET work_mem = '64MB'")
+            for name, value in self._session_settings.items():
+                cur.execute("SELECT set_config(%s, %s, false)", (name, value))
             for stmts in _STATEMENTS.values():
                 cur.execute(stmts.create_staging)
         conn.commit()
@@ -168,13 +185,14 @@ class PostgresSink:
             report = self._write_once(batch, isolate_rows=False)
         except _RowRefused:
             report = self._write_once(batch, isolate_rows=True)
+        self._breaker.record(batch.size, _reasons(batch, report))
         report.total_s = time.perf_counter() - started
         return report
 
     def _write_once(self, batch: Batch, *, isolate_rows: bool) -> FlushReport:
         try:
             with self._pool.connection(timeout=10) as conn:
-                return _Attempt(conn, batch, self._topic, self._decoder, isolate_rows).run()
+                return _Attempt(conn, batch, self._topic, self._decoder, isolate_rows, self._breaker).run()
         except psycopg.Error as exc:
             if is_retryable(exc):
                 raise RetryableError(f"flush failed, will retry: {type(exc).__name__}: {exc}") from exc
@@ -194,8 +212,10 @@ class _Attempt:
         topic: str,
         decoder: Decoder,
         isolate_rows: bool,
+        breaker: DeadLetterBreaker,
     ) -> None:
         self._conn = conn
+        self._breaker = breaker
         self._cur = conn.cursor()
         self._batch = batch
         self._report = FlushReport()
@@ -218,6 +238,8 @@ class _Attempt:
                 if rows is not None and len(rows):
                     self._write_table(rows, outcome)
                     report.tables[spec.table] = outcome
+            # Before anything of the batch is saved: a flood rolls it all back.
+            self._breaker.check(batch.size, _reasons(batch, report))
             self._write_dead_letters(batch.dead_letters + report.dead_letters)
             saved = dict(batch.next_offsets)
             for orphan in report.carried:  # read again after a crash, until written
@@ -364,6 +386,10 @@ class _Attempt:
         self._report.carried += carried
         outcome.carried += len(carried)
         outcome.parked += len(park)
+
+
+def _reasons(batch: Batch, report: FlushReport) -> list[str]:
+    return [f"{d.stage}:{d.reason}" for d in batch.dead_letters + report.dead_letters]
 
 
 # A parked child taken back: (partition, offset, key, value, COPY text).

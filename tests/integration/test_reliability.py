@@ -1,0 +1,130 @@
+"""No message or condition stops, bypasses or silently drains the exporter (issue: reliability, second step).
+
+Each scenario runs ``pme-exporter run`` as a child process on the real stack.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pme_exporter.errors import EXIT_KAFKA, EXIT_OK
+from pme_exporter.generator import ends_of, publish, trading_day
+from pme_exporter.settings import Settings
+from tests.helpers import ExporterProcess, http_status, stored_offsets, wait_exported
+from tests.model import apply_events, diff, snapshot
+from tests.stack import Stack, run_up, stop_local
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for_log(worker: ExporterProcess, pattern: str, timeout_s: float = 60) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        tail = worker.log_tail(400)
+        found = re.search(pattern, tail)
+        if found:
+            return found.group(0)
+        assert time.monotonic() < deadline, f"no {pattern!r} in the log:\n{tail}"
+        time.sleep(0.1)
+
+
+def test_constraint_drift_trips_the_breaker_instead_of_draining_the_topic(
+    stack: Stack, settings: Settings, make_topic: Callable[[int], str], tmp_path: Path, free_port: int
+) -> None:
+    topic = make_topic(3)
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        conn.execute("ALTER TABLE orders ADD COLUMN desk TEXT NOT NULL")  # someone added a column
+    located = publish(stack.kafka_url, topic, [(None, k, v) for k, v in trading_day(600, seed=5)])
+    window = 300
+    s = settings.replace(
+        kafka_topic=topic,
+        kafka_group_id=topic,
+        metrics_port=free_port,
+        breaker_window=window,
+        breaker_ratio=0.25,
+    )
+    worker = ExporterProcess(s, tmp_path / "exporter.log")
+    try:
+        line = wait_for_log(worker, r"Halted by the dead-letter breaker: [^\n]*")
+        assert "database:sqlstate_23502" in line
+        assert http_status(free_port, "/readyz") == 503
+        time.sleep(1)  # it stays halted: no more dead letters, no more offsets
+        with psycopg.connect(s.conninfo()) as conn:
+            dead = conn.execute("SELECT count(*) FROM exporter_dead_letters").fetchone()
+        stored = stored_offsets(s.conninfo(), topic)
+        assert dead is not None and dead[0] <= window
+        assert sum(stored.values()) < len(located), "offsets must not march to the end"
+        assert worker.log_tail(400).count("Halted by the dead-letter breaker") == 1
+    finally:
+        code = worker.terminate()
+    assert code == EXIT_OK, worker.log_tail()
+
+
+def test_a_topic_that_stays_missing_stops_the_worker_with_exit_5(settings: Settings, tmp_path: Path) -> None:
+    s = settings.replace(kafka_topic="no-such-topic-here", kafka_group_id="g-missing", topic_wait_s=3)
+    worker = ExporterProcess(s, tmp_path / "exporter.log")
+    code = worker.proc.wait(60)
+    assert code == EXIT_KAFKA, worker.log_tail()
+    assert "the topic has been missing for" in worker.log_tail()
+
+
+def test_a_fenced_static_member_stops_with_exit_5_and_the_other_keeps_going(
+    stack: Stack, settings: Settings, make_topic: Callable[[int], str], tmp_path: Path
+) -> None:
+    topic = make_topic(2)
+    s = settings.replace(kafka_topic=topic, kafka_group_id=topic, kafka_group_instance_id="pod-0")
+    first = ExporterProcess(s, tmp_path / "first.log")
+    wait_for_log(first, r"Assigned partitions \[\d")
+    second = ExporterProcess(s, tmp_path / "second.log")
+    try:
+        assert first.proc.wait(60) == EXIT_KAFKA, first.log_tail()
+        assert re.search(r"FENCED|fenced", first.log_tail()), first.log_tail()
+        located = publish(stack.kafka_url, topic, [(None, k, v) for k, v in trading_day(50, seed=2)])
+        wait_exported(s.conninfo(), topic, ends_of(located), timeout_s=60)
+    finally:
+        code = second.terminate() if second.proc.poll() is None else second.proc.returncode
+    assert code == EXIT_OK, second.log_tail()
+
+
+def test_sigterm_during_a_database_outage_exits_within_the_deadline_and_loses_nothing(
+    stack: Stack, settings: Settings, make_topic: Callable[[int], str], tmp_path: Path
+) -> None:
+    if not stack.local:
+        pytest.skip("stopping PostgreSQL needs the local stack; servers were given")
+    topic = make_topic(3)
+    deadline_s = 3.0
+    s = settings.replace(kafka_topic=topic, kafka_group_id=topic, shutdown_deadline_s=deadline_s)
+    first = publish(stack.kafka_url, topic, [(None, k, v) for k, v in trading_day(400, seed=8)])
+    worker = ExporterProcess(s, tmp_path / "exporter.log")
+    try:
+        wait_exported(s.conninfo(), topic, ends_of(first))
+        stop_local("postgres")
+        second = publish(stack.kafka_url, topic, [(None, k, v) for k, v in trading_day(800, seed=9)][60:])
+        wait_for_log(worker, r"Database write failed, retrying")
+        worker.proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        code = worker.proc.wait(60)
+        took = time.monotonic() - sent
+    finally:
+        if worker.proc.poll() is None:
+            worker.kill()
+        up = run_up()
+        assert up.returncode == 0, up.stderr[-3000:]
+    assert code == EXIT_OK, worker.log_tail()
+    assert took <= deadline_s + 1, f"exited {took:.1f}s after SIGTERM"
+    again = ExporterProcess(s, tmp_path / "again.log")
+    try:
+        wait_exported(s.conninfo(), topic, ends_of(first + second), timeout_s=120)
+    finally:
+        assert again.terminate() == EXIT_OK, again.log_tail()
+    expected = apply_events((p, o, v) for p, o, v in first + second if v is not None)
+    with psycopg.connect(s.conninfo()) as conn:
+        actual = snapshot(conn)
+    assert actual == expected, diff(expected, actual)
