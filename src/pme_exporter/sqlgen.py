@@ -25,9 +25,16 @@ LINEAGE = ("seq", "src_partition", "src_offset", "ts")
 class TableStatements:
     create_staging: str
     copy: str
-    # Returns one row: inserted, updated, staged, ready, then for child tables the
-    # orphans (parent missing) as arrays: seqs, then one array per PARKED_PARENT_COLUMNS.
+    # Returns one row: inserted, updated, staged, ready, then the orphans (children
+    # whose parent is missing) as arrays: seqs, then one per PARKED_PARENT_COLUMNS;
+    # NULL arrays when there are none (always, for tables without parents).
     apply: str
+    # A temporary function (table) -> rows: apply(lo..hi) one row at a time, each
+    # in its own exception block, in one round trip. Returns a row per refused
+    # staging row (seq, SQLSTATE, message, NULLs), then one row of totals in the
+    # shape of ``apply`` (NULL, NULL, NULL, inserted, updated, ...).
+    create_row_by_row: str
+    row_by_row: str  # the call, with %(lo)s, %(hi)s and %(topic)s
 
 
 def staging_table(spec: TableSpec) -> str:
@@ -56,9 +63,11 @@ def _parents_present(spec: TableSpec, alias: str) -> str:
     )
 
 
+_RESULT_INTO = "INTO v_ins, v_upd, v_staged, v_ready, v_orphans, v_trade, v_order"
+
+
 def _counts(spec: TableSpec, inserted: str, updated: str) -> str:
     """The statement's result row; orphans come back in it so staging is scanned once."""
-    orphans = ""
     if spec.is_child:
         keys = [
             f"(SELECT array_agg({c} ORDER BY seq) FROM src WHERE NOT parents_ok)"
@@ -66,11 +75,13 @@ def _counts(spec: TableSpec, inserted: str, updated: str) -> str:
             else "NULL::bigint[]"
             for c in PARKED_PARENT_COLUMNS
         ]
-        orphans = f""",
-    (SELECT array_agg(seq ORDER BY seq) FROM src WHERE NOT parents_ok),
-    {", ".join(keys)}"""
+        orphans = f"(SELECT array_agg(seq ORDER BY seq) FROM src WHERE NOT parents_ok), {', '.join(keys)}"
+    else:
+        orphans = ", ".join(["NULL::int[]"] + ["NULL::bigint[]" for _ in PARKED_PARENT_COLUMNS])
     return f"""SELECT {inserted}, {updated},
-    (SELECT count(*) FROM src), (SELECT count(*) FROM src WHERE parents_ok){orphans}
+    (SELECT count(*) FROM src), (SELECT count(*) FROM src WHERE parents_ok),
+    {orphans}
+    /*into*/
 FROM written"""
 
 
@@ -134,6 +145,59 @@ WHERE {which}
 RETURNING pc.table_name, pc.partition, pc."offset", pc.msg_key, pc.msg_value"""
 
 
+def row_by_row_function(spec: TableSpec) -> str:
+    """``apply`` for one staging row at a time, refusals caught per row (see TableStatements)."""
+    assert PARKED_PARENT_COLUMNS == ("trade_nid", "order_nid")  # the v_trade / v_order below
+    apply = _upsert(spec) if spec.mode is WriteMode.UPSERT else _append(spec)
+    # Variables are prefixed v_/r_/t_ so that none shadows a column name in the statement.
+    body = (
+        apply.replace("%(lo)s", "v_i")
+        .replace("%(hi)s", "v_i")
+        .replace("%(topic)s", "v_topic")
+        .replace("/*into*/", _RESULT_INTO)
+    )
+    return f"""CREATE OR REPLACE FUNCTION pg_temp.{row_by_row_name(spec)}(v_lo int, v_hi int, v_topic text)
+RETURNS TABLE (r_seq int, r_state text, r_message text, r_inserted bigint, r_updated bigint,
+               r_staged bigint, r_ready bigint, r_orphans int[], r_trade bigint[], r_order bigint[])
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_i int;
+    v_ins bigint; v_upd bigint; v_staged bigint; v_ready bigint;
+    v_orphans int[]; v_trade bigint[]; v_order bigint[];
+    t_ins bigint := 0; t_upd bigint := 0; t_staged bigint := 0; t_ready bigint := 0;
+    t_orphans int[] := '{{}}'; t_trade bigint[] := '{{}}'; t_order bigint[] := '{{}}';
+BEGIN
+    FOR v_i IN v_lo .. v_hi LOOP
+        BEGIN
+{_indent(body, 12)};
+            t_ins := t_ins + v_ins; t_upd := t_upd + v_upd;
+            t_staged := t_staged + v_staged; t_ready := t_ready + v_ready;
+            t_orphans := t_orphans || coalesce(v_orphans, '{{}}');
+            t_trade := t_trade || coalesce(v_trade, '{{}}');
+            t_order := t_order || coalesce(v_order, '{{}}');
+        EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+            r_seq := v_i; r_state := SQLSTATE; r_message := SQLERRM;
+            RETURN NEXT;
+        END;
+    END LOOP;
+    r_seq := NULL; r_state := NULL; r_message := NULL;
+    r_inserted := t_ins; r_updated := t_upd; r_staged := t_staged; r_ready := t_ready;
+    r_orphans := nullif(t_orphans, '{{}}');
+    r_trade := nullif(t_trade, '{{}}');
+    r_order := nullif(t_order, '{{}}');
+    RETURN NEXT;
+END
+$fn$"""
+
+
+def row_by_row_name(spec: TableSpec) -> str:
+    return f"pme_row_by_row_{spec.table}"
+
+
+def _indent(text: str, spaces: int) -> str:
+    return "\n".join(" " * spaces + line for line in text.splitlines())
+
+
 def statements_for(spec: TableSpec) -> TableStatements:
     stg_cols = ", ".join(LINEAGE + spec.column_names)
     typed = ", ".join(
@@ -145,5 +209,7 @@ def statements_for(spec: TableSpec) -> TableStatements:
             f"CREATE TEMP TABLE IF NOT EXISTS {staging_table(spec)} ({typed}) ON COMMIT DELETE ROWS"
         ),
         copy=f"COPY {staging_table(spec)} ({stg_cols}) FROM STDIN",
-        apply=_upsert(spec) if spec.mode is WriteMode.UPSERT else _append(spec),
+        apply=(_upsert(spec) if spec.mode is WriteMode.UPSERT else _append(spec)).replace("/*into*/", ""),
+        create_row_by_row=row_by_row_function(spec),
+        row_by_row=f"SELECT * FROM pg_temp.{row_by_row_name(spec)}(%(lo)s, %(hi)s, %(topic)s)",
     )

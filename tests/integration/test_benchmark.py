@@ -68,3 +68,26 @@ def test_bad_arguments_are_refused(stack: Stack) -> None:
             env={**os.environ, **stack.env},
         )
         assert proc.returncode == 2 and "error" in proc.stderr, (args, proc.stderr)
+
+
+def test_isolation_harness_reports_time_statements_and_exact_dead_letters(
+    stack: Stack, tmp_path: Path
+) -> None:
+    out = tmp_path / "isolation.json"
+    script = str(REPO / "benchmarks" / "isolation.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--rows", "400", "--refused", "150", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **stack.env},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["dead_letters"] == 150 and figures["rows_stored"] == 250
+    assert figures["seconds"] > 0 and figures["statements"] > 0
+    for args in (["--refused", "500", "--rows", "400"], ["--row-by-row-max", "0"], ["--rows", "many"]):
+        bad = subprocess.run(
+            [sys.executable, script, *args], capture_output=True, text=True, timeout=60, env=os.environ
+        )
+        assert bad.returncode == 2 and "error" in bad.stderr, (args, bad.stderr)

@@ -137,3 +137,48 @@ def test_offsets_never_move_back(sink: PostgresSink, settings: Settings) -> None
     sink.write(batch_of(msg(0, 3, "Holiday", {"nid": 1})))  # a zombie writer's older batch
     with psycopg.connect(settings.conninfo()) as conn:
         assert conn.execute("SELECT next_offset FROM exporter_offsets").fetchone() == (11,)
+
+
+def test_ten_thousand_refused_rows_in_a_twenty_thousand_row_batch_are_isolated_exactly(
+    sink: PostgresSink, settings: Settings
+) -> None:
+    messages = [
+        msg(0, i, "Order", {"nid": i, "account_code": "A" * 51 if i % 2 else f"ACC{i % 80}"})
+        for i in range(20_000)
+    ]
+    report = sink.write(batch_of(*messages))
+    assert sorted(d.offset for d in report.dead_letters) == list(range(1, 20_000, 2))
+    assert {d.sqlstate for d in report.dead_letters} == {"22001"}
+    with psycopg.connect(settings.conninfo()) as conn:
+        nids = [r[0] for r in conn.execute("SELECT nid FROM orders ORDER BY nid")]
+        dead = conn.execute("SELECT count(*) FROM exporter_dead_letters").fetchone()
+        offsets = stored_offsets(conn)
+    assert nids == list(range(0, 20_000, 2)) and dead == (10_000,) and offsets == {0: 20_000}
+    # Halving stops at small ranges, each tried row by row in one round trip.
+    assert report.statements < 10_000
+
+
+def test_refused_rows_and_orphans_in_one_child_range_are_each_accounted_for(
+    sink: PostgresSink, settings: Settings
+) -> None:
+    orders = [
+        msg(0, i, "Order", {"nid": i, "account_code": "A" * 51 if i % 3 == 0 else "ACC1"}) for i in range(600)
+    ]
+    contracts = [
+        msg(1, i, "Contract", {"nid": i, "order_nid": i, "account_code": "B" * 51 if i % 4 == 0 else "ACC1"})
+        for i in range(400)
+    ]
+    report = sink.write(batch_of(*orders, *contracts))
+    # A contract whose order was refused is an orphan: carried, not yet judged itself.
+    refused = {(d.partition, d.offset) for d in report.dead_letters}
+    assert refused == {(0, i) for i in range(600) if i % 3 == 0} | {
+        (1, i) for i in range(400) if i % 4 == 0 and i % 3 != 0
+    }
+    carried = {o.offset for o in report.carried}
+    assert carried == {i for i in range(400) if i % 3 == 0}
+    with psycopg.connect(settings.conninfo()) as conn:
+        stored = {r[0] for r in conn.execute("SELECT nid FROM contracts")}
+    assert stored == {i for i in range(400) if i % 4 != 0 and i % 3 != 0}
+    assert report.tables["contracts"].carried == len(carried) and report.tables["contracts"].inserted == len(
+        stored
+    )

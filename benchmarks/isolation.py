@@ -1,0 +1,111 @@
+"""How fast the sink isolates rows PostgreSQL refuses, measured on the real database.
+
+    python benchmarks/isolation.py [--rows 20000] [--refused 10000] [--row-by-row-max N] [--json FILE]
+
+Writes one batch of ``--rows`` orders, ``--refused`` of them spread evenly and
+each with an account code one character too long for VARCHAR(50) (SQLSTATE
+22001), through ``PostgresSink`` into a fresh database, and reports the time
+and the round trips the write took, and how many dead letters it made.
+``--row-by-row-max 1`` isolates by bisection alone, for comparison.
+Brings up the local stack when DB_HOST/DATABASE_URL are not given. Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import psycopg
+
+from pme_exporter.buffers import Batch
+from pme_exporter.databases import create_database
+from pme_exporter.decode import Decoder
+from pme_exporter.demo import local_stack_settings
+from pme_exporter.migrate import migrate
+from pme_exporter.settings import Settings
+from pme_exporter.sink import ROW_BY_ROW_MAX, PostgresSink
+
+BENCH_DB = "pme_bench_isolation"
+
+
+class _Message:
+    def __init__(self, offset: int, value: bytes) -> None:
+        self._offset, self._value = offset, value
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> None:
+        return None
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 0)
+
+
+def messages(rows: int, refused: int) -> list[_Message]:
+    every = rows / refused if refused else rows + 1
+    bad = {int(i * every) for i in range(refused)}
+    out = []
+    for nid in range(rows):
+        account = "A" * 51 if nid in bad else f"ACC{nid % 80:04d}"
+        data = {"nid": nid, "account_code": account, "quantity": "100.00", "state": "S", "side": "BORR"}
+        out.append(_Message(nid, orjson.dumps({"type": "Order", "ts": "2025-11-28T09:00:00Z", "data": data})))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--refused", type=int, default=10_000)
+    parser.add_argument("--row-by-row-max", type=int, default=ROW_BY_ROW_MAX)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if not 0 <= args.refused <= args.rows or args.rows < 1 or args.row_by_row_max < 1:
+        parser.error("need 0 <= --refused <= --rows, --rows >= 1 and --row-by-row-max >= 1")
+    env = dict(os.environ)
+    if not (env.get("DB_HOST") or env.get("DATABASE_URL")):
+        env |= local_stack_settings()
+    base = Settings.from_env(env)
+    create_database(base.conninfo(), BENCH_DB, replace=True)
+    settings = base.replace(db_name=BENCH_DB, database_url=None)
+    migrate(settings.conninfo())
+    batch = Batch(decoder=Decoder())
+    batch.add(messages(args.rows, args.refused))  # type: ignore[arg-type]
+    sink = PostgresSink(conninfo=settings.conninfo(), topic="bench", row_by_row_max=args.row_by_row_max)
+    try:
+        started = time.perf_counter()
+        report = sink.write(batch)
+        took = time.perf_counter() - started
+    finally:
+        sink.close(timeout_s=5)
+    with psycopg.connect(settings.conninfo()) as conn:
+        stored = conn.execute("SELECT count(*) FROM orders").fetchone()
+    figures = {
+        "rows": args.rows,
+        "refused": args.refused,
+        "row_by_row_max": args.row_by_row_max,
+        "seconds": round(took, 3),
+        "statements": report.statements,
+        "dead_letters": len(report.dead_letters),
+        "rows_stored": stored[0] if stored else 0,
+    }
+    for name, value in figures.items():
+        print(f"  {name:<16} {value}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
