@@ -354,7 +354,9 @@ class ConsumerLoop:
             except FatalError as exc:
                 log.error("[DB-EXPORTER] %s", exc)
                 drained = False
-            if not drained:
+            if drained:
+                log.info("[DB-EXPORTER] Revoked partitions %s after flushing", numbers)
+            else:
                 log.warning(
                     "[DB-EXPORTER] Gave up partitions %s with writes left for the next owner", numbers
                 )

@@ -61,7 +61,7 @@ class Stopped(ExporterError):
     """A stop was asked for (SIGTERM) while starting up; nothing was written, exit 0."""
 
 
-def sqlstate_of(exc: BaseException) -> str | None:
+def sqlstate_of(exc: BaseException | None) -> str | None:
     return getattr(exc, "sqlstate", None) if isinstance(exc, psycopg.Error) else None
 
 
@@ -72,8 +72,8 @@ def is_row_error(exc: BaseException) -> bool:
 
 
 def retry_reason(exc: BaseException) -> str:
-    """A short label for a retried failure: its SQLSTATE, or 'connection' when it has none."""
-    return sqlstate_of(exc) or "connection"
+    """A short label for a retried failure: its SQLSTATE (or its cause's), or 'connection'."""
+    return sqlstate_of(exc) or sqlstate_of(exc.__cause__) or "connection"
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -11,17 +11,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 
 from pme_exporter.errors import EXIT_KAFKA, EXIT_OK
 from pme_exporter.generator import ends_of, publish, trading_day
 from pme_exporter.settings import Settings
-from tests.helpers import ExporterProcess, http_status, stored_offsets, wait_exported
+from tests.helpers import ExporterProcess, http_status, scrape, stored_offsets, total, wait_exported
 from tests.model import apply_events, diff, snapshot
 from tests.stack import Stack, run_up, stop_local
 
 pytestmark = pytest.mark.slow
+
+TS = "2025-11-29T09:00:00Z"
 
 
 def wait_for_log(worker: ExporterProcess, pattern: str, timeout_s: float = 60) -> str:
@@ -125,6 +128,128 @@ def test_sigterm_during_a_database_outage_exits_within_the_deadline_and_loses_no
     finally:
         assert again.terminate() == EXIT_OK, again.log_tail()
     expected = apply_events((p, o, v) for p, o, v in first + second if v is not None)
+    with psycopg.connect(s.conninfo()) as conn:
+        actual = snapshot(conn)
+    assert actual == expected, diff(expected, actual)
+
+
+def _active_row_by_row(conninfo: str) -> bool:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND state = 'active' AND query LIKE 'SELECT * FROM pg_temp.pme_row_by_row_%%'"
+        ).fetchone()
+    return bool(found and found[0])
+
+
+def test_sigterm_during_a_long_isolating_flush_exits_within_the_deadline_and_loses_nothing(
+    stack: Stack, settings: Settings, make_topic: Callable[[int], str], tmp_path: Path
+) -> None:
+    topic = make_topic(1)
+    deadline_s = 1.0
+    refused = [{"nid": i, "account_code": "A" * 51 if i % 2 else "ACC1"} for i in range(40_000)]
+    located = publish(
+        stack.kafka_url,
+        topic,
+        [(0, None, orjson.dumps({"type": "Order", "ts": TS, "data": d})) for d in refused],
+    )
+    s = settings.replace(
+        kafka_topic=topic,
+        kafka_group_id=topic,
+        shutdown_deadline_s=deadline_s,
+        breaker_ratio=1.0,  # half of this topic is refused on purpose
+        max_batch_events=40_000,
+        max_buffered_events=40_000,
+        flush_interval_ms=5_000,
+    )
+    worker = ExporterProcess(s, tmp_path / "exporter.log")
+    try:
+        until = time.monotonic() + 120
+        while not _active_row_by_row(s.conninfo()):
+            assert time.monotonic() < until and worker.proc.poll() is None, worker.log_tail()
+            time.sleep(0.02)
+        worker.proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        code = worker.proc.wait(60)
+        took = time.monotonic() - sent
+    finally:
+        if worker.proc.poll() is None:
+            worker.kill()
+    assert code == EXIT_OK, worker.log_tail()
+    assert took <= deadline_s + 1, f"exited {took:.1f}s after SIGTERM"
+    assert stored_offsets(s.conninfo(), topic) in ({}, {0: 40_000})  # all or nothing of the batch
+    again = ExporterProcess(s.replace(shutdown_deadline_s=30), tmp_path / "again.log")
+    try:
+        wait_exported(s.conninfo(), topic, ends_of(located), timeout_s=180)
+    finally:
+        assert again.terminate() == EXIT_OK, again.log_tail()
+    with psycopg.connect(s.conninfo()) as conn:
+        counts = conn.execute(
+            "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM exporter_dead_letters)"
+        ).fetchone()
+    assert counts == (20_000, 20_000)
+
+
+def _frozen_in_transaction(conninfo: str) -> bool:
+    """A worker backend has sat idle inside an open transaction for a while: its process is stopped."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = 'pme-exporter' AND state = 'idle in transaction'"
+            " AND state_change < now() - interval '300 milliseconds'"
+        ).fetchone()
+    return bool(found and found[0])
+
+
+def test_a_worker_frozen_inside_its_transaction_does_not_stall_the_group(
+    stack: Stack, settings: Settings, make_topic: Callable[[int], str], tmp_path: Path, free_port: int
+) -> None:
+    topic = make_topic(6)
+    day = [(None, k, v) for k, v in trading_day(30_000, seed=21)]
+    s = settings.replace(
+        kafka_topic=topic,
+        kafka_group_id=topic,
+        kafka_session_timeout_ms=6_000,
+        db_lock_timeout_ms=1_000,
+        # Longer than the session timeout, so the new owner meets the frozen worker's locks.
+        db_idle_in_transaction_timeout_ms=10_000,
+        max_batch_events=2_000,
+        max_buffered_events=4_000,
+        flush_interval_ms=100,
+    )
+    frozen = ExporterProcess(s, tmp_path / "frozen.log")
+    other = ExporterProcess(s.replace(metrics_port=free_port), tmp_path / "other.log")
+    located: list[tuple[int, int, bytes | None]] = []
+    try:
+        for worker in (frozen, other):
+            wait_for_log(worker, r"Assigned partitions \[\d")
+        chunk = 5_000
+        stopped = False
+        for start in range(0, len(day), chunk):
+            located += publish(stack.kafka_url, topic, day[start : start + chunk])
+            for _attempt in range(20):  # stop it between two statements of a transaction
+                if stopped:
+                    break
+                frozen.proc.send_signal(signal.SIGSTOP)
+                time.sleep(0.5)
+                if _frozen_in_transaction(s.conninfo()):
+                    stopped = True
+                else:
+                    frozen.proc.send_signal(signal.SIGCONT)
+                    time.sleep(0.05)
+        assert stopped, "never caught the worker inside a transaction"
+        frozen_at = time.monotonic()
+        # Session timeout, then lock waits until PostgreSQL ends the frozen session, then catch-up.
+        wait_exported(s.conninfo(), topic, ends_of(located), timeout_s=90)
+        caught_up_s = time.monotonic() - frozen_at
+        retries = total(scrape(free_port), "pme_exporter_db_retries_total", reason="55P03")
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+        codes = [w.terminate() if w.proc.poll() is None else w.proc.returncode for w in (frozen, other)]
+    assert codes == [EXIT_OK, EXIT_OK], frozen.log_tail() + "\n" + other.log_tail()
+    assert retries > 0, other.log_tail()  # the other worker met the locks, waited in bounded steps
+    assert caught_up_s < 60
+    expected = apply_events((p, o, v) for p, o, v in located if v is not None)
     with psycopg.connect(s.conninfo()) as conn:
         actual = snapshot(conn)
     assert actual == expected, diff(expected, actual)

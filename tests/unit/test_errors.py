@@ -30,3 +30,13 @@ from pme_exporter.errors import RetryableError, is_retryable, is_row_error
 def test_classification_is_by_sqlstate_class(exc: BaseException, retry: bool, row: bool) -> None:
     assert is_retryable(exc) is retry
     assert is_row_error(exc) is row
+
+
+def test_a_retry_is_labelled_by_the_sqlstate_of_the_error_or_of_its_cause() -> None:
+    from pme_exporter.errors import RetryableError, retry_reason
+
+    wrapped = RetryableError("flush failed, will retry")
+    wrapped.__cause__ = pgerr.LockNotAvailable()
+    assert retry_reason(wrapped) == "55P03"
+    assert retry_reason(pgerr.DeadlockDetected()) == "40P01"
+    assert retry_reason(RetryableError("pool timeout")) == "connection"
