@@ -122,12 +122,14 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
 
 
 @pytest.fixture
-def harness() -> Iterator[Callable[..., tuple[FakeConsumer, MemorySink, Clock, threading.Event]]]:
+def harness() -> Iterator[
+    Callable[..., tuple[FakeConsumer, MemorySink, Clock, threading.Event, ConsumerLoop]]
+]:
     threads: list[tuple[threading.Thread, threading.Event]] = []
 
     def start(
         max_batch: int = 10, interval_ms: int = 1000, bound: int = 20, stored: dict[int, int] | None = None
-    ) -> tuple[FakeConsumer, MemorySink, Clock, threading.Event]:
+    ) -> tuple[FakeConsumer, MemorySink, Clock, threading.Event, ConsumerLoop]:
         consumer, sink, clock, stop = FakeConsumer([0, 1]), MemorySink(stored), Clock(), threading.Event()
         flusher = Flusher(sink, on_report=lambda b, r: None, on_retry=lambda e: None)
         loop = ConsumerLoop(
@@ -145,7 +147,7 @@ def harness() -> Iterator[Callable[..., tuple[FakeConsumer, MemorySink, Clock, t
         thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
         thread.start()
         threads.append((thread, stop))
-        return consumer, sink, clock, stop
+        return consumer, sink, clock, stop, loop
 
     yield start
     for thread, stop in threads:
@@ -154,7 +156,7 @@ def harness() -> Iterator[Callable[..., tuple[FakeConsumer, MemorySink, Clock, t
 
 
 def test_flushes_when_the_batch_reaches_max_events(harness: Any) -> None:
-    consumer, sink, _clock, _stop = harness(max_batch=10, interval_ms=60_000, bound=100)
+    consumer, sink, _clock, _stop, _loop = harness(max_batch=10, interval_ms=60_000, bound=100)
     with consumer.lock:
         consumer.queue.extend(FakeMessage(order(i), 0, i) for i in range(10))
     wait_for(lambda: len(sink.batches) == 1)
@@ -163,7 +165,7 @@ def test_flushes_when_the_batch_reaches_max_events(harness: Any) -> None:
 
 
 def test_flushes_a_small_batch_once_the_interval_passes(harness: Any) -> None:
-    consumer, sink, clock, _stop = harness(max_batch=1000, interval_ms=500, bound=2000)
+    consumer, sink, clock, _stop, _loop = harness(max_batch=1000, interval_ms=500, bound=2000)
     with consumer.lock:
         consumer.queue.extend(FakeMessage(order(i), 1, i) for i in range(3))
     wait_for(lambda: not consumer.queue)
@@ -175,7 +177,7 @@ def test_flushes_a_small_batch_once_the_interval_passes(harness: Any) -> None:
 
 
 def test_kafka_commit_waits_for_the_database_and_backpressure_pauses(harness: Any) -> None:
-    consumer, sink, _clock, _stop = harness(max_batch=5, interval_ms=60_000, bound=10)
+    consumer, sink, _clock, _stop, _loop = harness(max_batch=5, interval_ms=60_000, bound=10)
     sink.gate.clear()  # the database hangs
     with consumer.lock:
         consumer.queue.extend(FakeMessage(order(i), 0, i) for i in range(40))
@@ -188,14 +190,14 @@ def test_kafka_commit_waits_for_the_database_and_backpressure_pauses(harness: An
 
 
 def test_assignment_seeks_to_offsets_stored_in_postgres(harness: Any) -> None:
-    consumer, _sink, _clock, _stop = harness(stored={1: 42})
+    consumer, _sink, _clock, _stop, _loop = harness(stored={1: 42})
     wait_for(lambda: len(consumer.assigned) == 2)
     offsets = {tp.partition: tp.offset for tp in consumer.assigned}
     assert offsets[1] == 42 and offsets[0] < 0  # 0 has nothing stored: the group's committed offset
 
 
 def test_stop_flushes_what_is_buffered_and_closes(harness: Any) -> None:
-    consumer, sink, _clock, stop = harness(max_batch=1000, interval_ms=60_000, bound=2000)
+    consumer, sink, _clock, stop, _loop = harness(max_batch=1000, interval_ms=60_000, bound=2000)
     with consumer.lock:
         consumer.queue.extend(FakeMessage(order(i), 0, i) for i in range(7))
     wait_for(lambda: not consumer.queue)
@@ -205,7 +207,7 @@ def test_stop_flushes_what_is_buffered_and_closes(harness: Any) -> None:
 
 
 def test_orphans_go_into_the_next_batch_and_hold_back_the_commit(harness: Any) -> None:
-    consumer, sink, clock, _stop = harness(max_batch=5, interval_ms=500, bound=100)
+    consumer, sink, clock, _stop, _loop = harness(max_batch=5, interval_ms=500, bound=100)
     sink.orphan_at = {(0, 2)}
     with consumer.lock:
         consumer.queue.extend(FakeMessage(order(i), 0, i) for i in range(5))
@@ -220,7 +222,7 @@ def test_orphans_go_into_the_next_batch_and_hold_back_the_commit(harness: Any) -
 
 
 def test_the_last_batch_before_stopping_parks_orphans(harness: Any) -> None:
-    consumer, sink, _clock, stop = harness(max_batch=5, interval_ms=60_000, bound=100)
+    consumer, sink, _clock, stop, _loop = harness(max_batch=5, interval_ms=60_000, bound=100)
     sink.orphan_at = {(1, 0)}
     with consumer.lock:
         consumer.queue.extend(FakeMessage(order(i), 1, i) for i in range(5))
@@ -229,3 +231,19 @@ def test_the_last_batch_before_stopping_parks_orphans(harness: Any) -> None:
     wait_for(lambda: consumer.closed)
     assert [b.closing for b in sink.batches] == [False, True]
     assert sink.batches[1].carries == {(1, 0): 1} and {1: 5} in consumer.commits
+
+
+def test_events_held_without_a_committed_flush_count_as_a_stall(harness: Any) -> None:
+    consumer, sink, clock, _stop, loop = harness(max_batch=5, interval_ms=500, bound=100)
+    clock.now += 100  # idle: nothing held, so no stall however long
+    time.sleep(0.05)
+    assert loop.stalled_s() == 0
+    sink.gate.clear()  # the database hangs
+    with consumer.lock:
+        consumer.queue.extend(FakeMessage(order(i), 0, i) for i in range(5))
+    wait_for(lambda: not consumer.queue)
+    clock.now += 90
+    assert loop.stalled_s() >= 90
+    sink.gate.set()
+    wait_for(lambda: bool(consumer.commits))
+    wait_for(lambda: loop.stalled_s() == 0)
