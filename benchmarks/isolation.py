@@ -7,7 +7,7 @@ each with an account code one character too long for VARCHAR(50) (SQLSTATE
 22001), through ``PostgresSink`` into a fresh database, and reports the time
 and the round trips the write took, and how many dead letters it made.
 ``--row-by-row-max 1`` isolates by bisection alone, for comparison.
-Brings up the local stack when DB_HOST/DATABASE_URL are not given. Asserts nothing.
+Brings up the local stack when DB_HOST is not given. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import orjson
 import psycopg
 
 from pme_exporter.buffers import Batch
-from pme_exporter.databases import create_database
 from pme_exporter.decode import Decoder
-from pme_exporter.demo import local_stack_settings
+from pme_exporter.devtools.databases import create_database
+from pme_exporter.devtools.stack import servers_env
 from pme_exporter.migrate import migrate
 from pme_exporter.settings import Settings
 from pme_exporter.sink import ROW_BY_ROW_MAX, PostgresSink
@@ -73,10 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.refused <= args.rows or args.rows < 1 or args.row_by_row_max < 1:
         parser.error("need 0 <= --refused <= --rows, --rows >= 1 and --row-by-row-max >= 1")
-    env = dict(os.environ)
-    if not (env.get("DB_HOST") or env.get("DATABASE_URL")):
-        env |= local_stack_settings()
-    base = Settings.from_env(env)
+    base = Settings.from_env(os.environ if os.environ.get("DB_HOST") else servers_env())
     create_database(base.conninfo(), BENCH_DB, replace=True)
     settings = base.replace(db_name=BENCH_DB, database_url=None)
     migrate(settings.conninfo())

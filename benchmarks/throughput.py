@@ -35,11 +35,13 @@ from confluent_kafka import Consumer, Producer
 
 from pme_exporter.buffers import Batch
 from pme_exporter.consumer import consumer_config
-from pme_exporter.databases import create_database
 from pme_exporter.decode import Decoder
-from pme_exporter.demo import local_stack_settings
-from pme_exporter.generator import create_topic, publish, trading_day
+from pme_exporter.devtools.databases import create_database
+from pme_exporter.devtools.generator import create_topic, publish, trading_day
+from pme_exporter.devtools.stack import exporter_env as worker_env
+from pme_exporter.devtools.stack import servers_env
 from pme_exporter.migrate import migrate
+from pme_exporter.progress import read_stored_offsets
 from pme_exporter.schema import FLUSH_ORDER
 from pme_exporter.settings import Settings
 from pme_exporter.sqlgen import statements_for
@@ -68,10 +70,7 @@ class Figures:
 
 
 def stack_env() -> dict[str, str]:
-    env = dict(os.environ)
-    if env.get("KAFKA_URL") and (env.get("DB_HOST") or env.get("DATABASE_URL")):
-        return env
-    return env | local_stack_settings()
+    return servers_env()
 
 
 def fresh_database(base: Settings, name: str) -> Settings:
@@ -82,10 +81,7 @@ def fresh_database(base: Settings, name: str) -> Settings:
 
 
 def exporter_env(settings: Settings) -> dict[str, str]:
-    inherited = {
-        k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DB_", "PME_", "DATABASE_URL"))
-    }
-    return inherited | settings.to_env() | {"PME_LOG_LEVEL": "WARNING"}
+    return worker_env(settings) | {"PME_LOG_LEVEL": "WARNING"}
 
 
 # -- producing -----------------------------------------------------------------------
@@ -183,13 +179,10 @@ class Progress:
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = psycopg.connect(self._conninfo, autocommit=True)
-            row = self._conn.execute(
-                "SELECT coalesce(sum(next_offset), 0) FROM exporter_offsets WHERE topic = %s", (self._topic,)
-            ).fetchone()
+            return sum(read_stored_offsets(self._conn, self._topic).values())
         except psycopg.Error:  # the schema is not there yet, or the server restarts
             self.close()
             return 0
-        return int(row[0]) if row else 0
 
     def close(self) -> None:
         if self._conn is not None:

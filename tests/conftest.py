@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from pme_exporter.databases import create_database, drop_database
-from pme_exporter.generator import create_topic
+from pme_exporter.devtools.databases import create_database, drop_database
+from pme_exporter.devtools.generator import create_topic
 from pme_exporter.migrate import migrate
 from pme_exporter.settings import Settings
 from tests.stack import Stack, containers, given_servers, start_local, stop_local

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -12,13 +11,13 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from pme_exporter.app import run_exporter
 from pme_exporter.decode import Decoder
+from pme_exporter.devtools.generator import Located
+from pme_exporter.devtools.stack import exporter_env, stored_offsets
 from pme_exporter.errors import DecodeError
-from pme_exporter.generator import Located
 from pme_exporter.metrics import Metrics
 from pme_exporter.settings import Settings
 
@@ -84,17 +83,6 @@ class ExporterThread:
             raise AssertionError(f"exporter failed: {self.error!r}") from self.error
 
 
-def stored_offsets(conninfo: str, topic: str) -> dict[int, int]:
-    try:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            rows = conn.execute(
-                "SELECT partition, next_offset FROM exporter_offsets WHERE topic = %s", (topic,)
-            ).fetchall()
-    except psycopg.errors.UndefinedTable:
-        return {}
-    return {int(p): int(o) for p, o in rows}
-
-
 def wait_exported(conninfo: str, topic: str, ends: dict[int, int], timeout_s: float = 120) -> None:
     """Waits until exporter_offsets covers every produced offset."""
     deadline = time.monotonic() + timeout_s
@@ -120,14 +108,6 @@ def valid_only(located: list[Located]) -> list[tuple[int, int, bytes]]:
             continue
         kept.append((partition, offset, value))
     return kept
-
-
-def exporter_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes ``pme-exporter run`` use these settings."""
-    inherited = {
-        k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DB_", "PME_", "DATABASE_URL"))
-    }
-    return inherited | settings.to_env()
 
 
 class ExporterProcess:

@@ -1,4 +1,4 @@
-"""The reference model of spec section 3: events applied one at a time, in Python.
+"""The reference model of README "Event types and tables": events applied one at a time, in Python.
 
 Tables are ``{table: {row_key: {column: value}}}`` with the row key the
 entity key (upsert tables) or ``(src_partition, src_offset)`` (append

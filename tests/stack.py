@@ -13,31 +13,23 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from pme_exporter.demo import parse_exports
+from pme_exporter.devtools.stack import DOWN, REPO, parse_exports, run_up
+from pme_exporter.devtools.stack import given_servers as given_server_env
 
-REPO = Path(__file__).resolve().parents[1]
-UP = REPO / "deploy" / "local" / "up"
-DOWN = REPO / "deploy" / "local" / "down"
+__all__ = ["REPO", "Stack", "containers", "given_servers", "run_up", "start_local", "stop_local"]
 
 
 @dataclass(frozen=True)
 class Stack:
-    env: dict[str, str]  # KAFKA_URL, DB_HOST, DB_PORT, DB_USER, DB_PASSWORD, DB_NAME, DB_SSLMODE
+    env: dict[str, str]  # devtools.stack.SERVER_VARIABLES
     local: bool  # started by deploy/local/up: the tests may stop and start its servers
 
     @property
     def kafka_url(self) -> str:
         return self.env["KAFKA_URL"]
-
-
-def run_up(extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(UP)], capture_output=True, text=True, timeout=900, env={**os.environ, **(extra_env or {})}
-    )
 
 
 def start_local() -> tuple[Stack, bool]:
@@ -70,10 +62,8 @@ def containers() -> Iterator[Stack]:
 
 
 def given_servers() -> Stack | None:
-    if os.environ.get("KAFKA_URL") and (os.environ.get("DB_HOST") or os.environ.get("DATABASE_URL")):
-        names = ("KAFKA_URL", "DB_HOST", "DB_PORT", "DB_USER", "DB_PASSWORD", "DB_NAME", "DB_SSLMODE")
-        return Stack({n: os.environ[n] for n in names if n in os.environ}, local=False)
-    return None
+    env = given_server_env(os.environ)
+    return None if env is None else Stack(env, local=False)
 
 
 def stop_local(component: str | None = None) -> None:

@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             return _report(args, settings, parser)
         if args.command == "demo":
-            from pme_exporter.demo import run_demo
+            from pme_exporter.devtools.demo import run_demo
 
             return run_demo(settings, orders=args.orders, seed=args.seed)
         from pme_exporter.app import run_exporter

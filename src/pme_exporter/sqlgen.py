@@ -6,7 +6,7 @@ a row, bisect the range to find it; append statements also take ``%(topic)s``,
 part of each append row's identity. Staging columns are all text: COPY never
 fails on content, and the casts below raise the SQLSTATE that names the fault.
 
-Upsert rule (spec section 3): per key the event with the greatest
+Upsert rule (README "Event types and tables"): per key the event with the greatest
 ``(ts, src_partition, src_offset)`` wins, in the batch and against the stored
 row; ``created_at`` is the least ``ts`` ever seen. Applying any split of the
 events in any order therefore gives the same rows.

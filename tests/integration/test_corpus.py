@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from pme_exporter.decode import Decoder
+from pme_exporter.devtools.generator import ends_of, publish
 from pme_exporter.errors import DecodeError
-from pme_exporter.generator import ends_of, publish
 from pme_exporter.settings import Settings
 from tests.corpus import DATABASE_CASES, DECODE_CASES, encode
 from tests.helpers import ExporterProcess, ExporterThread, wait_exported

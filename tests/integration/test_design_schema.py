@@ -12,8 +12,8 @@ import orjson
 import psycopg
 import pytest
 
+from pme_exporter.devtools.generator import ends_of, publish
 from pme_exporter.errors import MigrationError
-from pme_exporter.generator import ends_of, publish
 from pme_exporter.migrate import load_migrations, migrate, sql_dir
 from pme_exporter.schema import TABLES
 from pme_exporter.settings import Settings
@@ -188,3 +188,24 @@ def test_a_migration_that_stored_values_do_not_fit_is_refused_and_changes_nothin
             "SELECT data_type FROM information_schema.columns WHERE table_name = 'instruments' AND column_name = 'status'"
         ).fetchone()
         assert status_type == ("character varying",)
+
+
+def test_an_applied_migration_that_changed_is_refused(
+    base_settings: Settings, empty_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conninfo = base_settings.replace(db_name=empty_db).conninfo()
+    copy = tmp_path / "sql"
+    shutil.copytree(sql_dir(), copy)
+    migrate(conninfo, copy)
+    with (copy / "001_schema.sql").open("a") as edited:
+        edited.write("\n-- an edit after the fact\n")
+    with pytest.raises(MigrationError, match=r"001_schema\.sql was changed after it was applied"):
+        migrate(conninfo, copy)
+    # The CLI says so in one line and exits 6.
+    import pme_exporter.migrate as migrate_module
+    from pme_exporter import cli
+
+    monkeypatch.setattr(migrate_module, "sql_dir", lambda: copy)
+    for name, value in base_settings.replace(db_name=empty_db).to_env().items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["migrate"]) == 6

@@ -9,7 +9,7 @@ from decimal import Decimal
 import orjson
 import psycopg
 
-from pme_exporter.generator import ends_of, publish
+from pme_exporter.devtools.generator import ends_of, publish
 from pme_exporter.settings import Settings
 from tests.helpers import ExporterThread, valid_only, wait_exported
 from tests.model import apply_events, diff, snapshot
@@ -17,8 +17,8 @@ from tests.stack import Stack
 
 WIB = timezone(timedelta(hours=7))
 
-# Spec section 6, verbatim.
-SECTION_6 = [
+# The contract's example of one order's life, verbatim.
+ONE_ORDERS_LIFE = [
     b'{"type":"Order","ts":"2025-11-29T09:00:00+07:00","data":{"nid":123,"account_code":"ACC001","instrument_code":"BBCA","side":"BORR","quantity":"1000.00","quantity_left":"1000.00","periode":30,"state":"S","settlement_date":"2025-12-01","aro_status":false,"reff_request_id":"REQ-1"}}',
     b'{"type":"OrderAck","ts":"2025-11-29T09:00:00.200+07:00","data":{"order_nid":123}}',
     b'{"type":"Order","ts":"2025-11-29T09:00:00.200+07:00","data":{"nid":123,"account_code":"ACC001","instrument_code":"BBCA","side":"BORR","quantity":"1000.00","quantity_left":"1000.00","periode":30,"state":"O","settlement_date":"2025-12-01","aro_status":false,"reff_request_id":"REQ-1"}}',
@@ -86,7 +86,7 @@ def test_every_event_type_lands_with_its_values(
     stack: Stack, settings: Settings, make_topic: Callable[[int], str]
 ) -> None:
     topic = make_topic(1)
-    located = publish(stack.kafka_url, topic, [(None, None, v) for v in SECTION_6 + OTHER_TYPES])
+    located = publish(stack.kafka_url, topic, [(None, None, v) for v in ONE_ORDERS_LIFE + OTHER_TYPES])
     s = settings.replace(kafka_topic=topic, kafka_group_id=topic)
     with ExporterThread(s):
         wait_exported(s.conninfo(), topic, ends_of(located))

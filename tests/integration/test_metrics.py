@@ -16,11 +16,12 @@ from pathlib import Path
 import psycopg
 
 from pme_exporter.decode import Decoder
+from pme_exporter.devtools.generator import ends_of, publish, trading_day
+from pme_exporter.devtools.stack import exporter_env
 from pme_exporter.errors import DecodeError
-from pme_exporter.generator import ends_of, publish, trading_day
 from pme_exporter.schema import TABLES
 from pme_exporter.settings import Settings
-from tests.helpers import exporter_env, http_status, scrape, total, wait_exported
+from tests.helpers import http_status, scrape, total, wait_exported
 from tests.stack import REPO, Stack
 
 

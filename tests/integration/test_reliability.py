@@ -15,10 +15,11 @@ import orjson
 import psycopg
 import pytest
 
+from pme_exporter.devtools.generator import ends_of, publish, trading_day
+from pme_exporter.devtools.stack import stored_offsets
 from pme_exporter.errors import EXIT_KAFKA, EXIT_OK
-from pme_exporter.generator import ends_of, publish, trading_day
 from pme_exporter.settings import Settings
-from tests.helpers import ExporterProcess, http_status, scrape, stored_offsets, total, wait_exported
+from tests.helpers import ExporterProcess, http_status, scrape, total, wait_exported
 from tests.model import apply_events, diff, snapshot
 from tests.stack import Stack, run_up, stop_local
 

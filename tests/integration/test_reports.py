@@ -19,8 +19,8 @@ import psycopg
 import pytest
 
 from pme_exporter import cli
-from pme_exporter.databases import create_database, drop_database
-from pme_exporter.generator import create_topic, ends_of, publish, trading_day
+from pme_exporter.devtools.databases import create_database, drop_database
+from pme_exporter.devtools.generator import create_topic, ends_of, publish, trading_day
 from pme_exporter.settings import Settings
 from tests.helpers import ExporterThread, wait_exported
 from tests.model import Tables, apply_events, diff, snapshot

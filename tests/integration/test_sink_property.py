@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pme_exporter.buffers import Batch, Orphan
-from pme_exporter.databases import create_database, drop_database
 from pme_exporter.decode import Decoder
+from pme_exporter.devtools.databases import create_database, drop_database
 from pme_exporter.schema import TABLES
 from pme_exporter.settings import Settings
 from pme_exporter.sink import PostgresSink

@@ -15,8 +15,9 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from pme_exporter.generator import publish
-from tests.stack import DOWN, Stack, run_up
+from pme_exporter.devtools.generator import publish
+from pme_exporter.devtools.stack import DOWN, run_up
+from tests.stack import Stack
 
 
 def _consume(stack: Stack, topic: str, group: str, limit: int, commit: bool) -> list[tuple[int, int]]:

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
+from pme_exporter.devtools.stack import exporter_env
 from pme_exporter.errors import EXIT_CONFIG, EXIT_OK
 from pme_exporter.settings import Settings
-from tests.helpers import exporter_env
 
 
 def start(settings: Settings, **extra: str) -> subprocess.Popen[str]:

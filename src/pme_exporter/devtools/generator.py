@@ -36,7 +36,7 @@ def trading_day(
     """Reference data, then orders through their states with acks, naks, trades and contracts.
 
     About 5.5 events per order. With ``invalid`` a few bad messages and a
-    tombstone are mixed in (each a different kind of section 5 fault). With
+    tombstone are mixed in (each a different kind of README "Invalid input"). With
     ``clock`` every event time is read from it (the latency benchmark stamps
     events as they are produced).
     """
@@ -211,7 +211,7 @@ def _parameter(rng: random.Random, ts: datetime) -> bytes:
 
 
 def _invalid_messages(ts: datetime) -> Iterator[Event]:
-    """One message of each invalid kind of spec section 5, and a tombstone."""
+    """One message of each invalid kind (README "Invalid input"), and a tombstone."""
     stamp = ts.isoformat()
     yield b"bad:json", b"{not json"
     yield b"bad:array", b"[1, 2, 3]"

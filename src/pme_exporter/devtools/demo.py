@@ -8,20 +8,19 @@ planted invalid messages) to a fresh topic, exports it into a fresh database
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
 from pme_exporter import reports
 from pme_exporter.app import run_exporter
-from pme_exporter.databases import create_database
-from pme_exporter.errors import EXIT_FAILURE, EXIT_OK, ConfigError
-from pme_exporter.generator import create_topic, produce, trading_day
+from pme_exporter.devtools.databases import create_database
+from pme_exporter.devtools.generator import create_topic, produce, trading_day
+from pme_exporter.devtools.stack import given_servers, servers_env, stored_offsets
+from pme_exporter.errors import EXIT_FAILURE, EXIT_OK
 from pme_exporter.schema import TABLES
 from pme_exporter.settings import Settings
 
@@ -32,31 +31,10 @@ CATCH_UP_TIMEOUT_S = 300.0
 DEMO_REPORTS = (("open_borrowing", 5), ("order_book", None))
 
 
-def local_stack_settings() -> dict[str, str]:
-    """Runs deploy/local/up from the source checkout and returns the variables it prints."""
-    up = Path(__file__).resolve().parents[2] / "deploy" / "local" / "up"
-    if not up.exists():
-        raise ConfigError("KAFKA_URL and DB_HOST are not set and deploy/local/up is not beside this install")
-    out = subprocess.run([str(up)], check=True, stdout=subprocess.PIPE, text=True).stdout
-    return parse_exports(out)
-
-
-def parse_exports(text: str) -> dict[str, str]:
-    """The ``export NAME=value`` lines that deploy/local/up prints."""
-    values = {}
-    for line in text.splitlines():
-        if line.startswith("export ") and "=" in line:
-            name, _, value = line[len("export ") :].partition("=")
-            values[name] = value
-    return values
-
-
 def run_demo(settings: Settings, *, orders: int, seed: int) -> int:
-    env = dict(os.environ)
-    if "KAFKA_URL" not in env or ("DB_HOST" not in env and "DATABASE_URL" not in env):
+    if given_servers(os.environ) is None:
         print("Starting the local stack (deploy/local/up)...", flush=True)
-        env.update(local_stack_settings())
-    base = Settings.from_env(env)
+    base = Settings.from_env(servers_env())
     topic = f"pme-ledger-demo-{int(time.time())}"
     create_database(base.conninfo(), DEMO_DB, replace=True)
     demo = base.replace(kafka_topic=topic, kafka_group_id=topic, db_name=DEMO_DB, database_url=None)
@@ -97,17 +75,10 @@ def _wait_caught_up(
     settings: Settings, topic: str, ends: dict[int, int], failure: list[BaseException]
 ) -> bool:
     deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
-        while time.monotonic() < deadline and not failure:
-            time.sleep(0.5)
-            try:
-                rows = conn.execute(
-                    "SELECT partition, next_offset FROM exporter_offsets WHERE topic = %s", (topic,)
-                ).fetchall()
-            except psycopg.errors.UndefinedTable:
-                continue  # migrations not applied yet
-            if dict(rows) == ends:
-                return True
+    while time.monotonic() < deadline and not failure:
+        time.sleep(0.5)
+        if stored_offsets(settings.conninfo(), topic) == ends:
+            return True
     return False
 
 

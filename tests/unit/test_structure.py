@@ -1,0 +1,63 @@
+"""The package's shape: modules keep their private names to themselves, parents flush before children."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pme_exporter
+from pme_exporter.schema import BY_TABLE, FLUSH_ORDER, TABLES
+
+PACKAGE = Path(pme_exporter.__file__).parent
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _violations(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: list[str] = []
+    modules: set[str] = set()  # local names bound to pme_exporter modules
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pme_exporter"):
+            for alias in node.names:
+                if _private(alias.name):
+                    found.append(f"{path.name}:{node.lineno} imports {node.module}.{alias.name}")
+                elif node.module == "pme_exporter" or (node.module or "").endswith("devtools"):
+                    modules.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("pme_exporter"):
+                    modules.add(alias.asname or alias.name.split(".")[0])
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _private(node.attr):
+            base = node.value
+            if isinstance(base, ast.Name) and base.id in modules:
+                found.append(f"{path.name}:{node.lineno} uses {base.id}.{node.attr}")
+    return found
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    sources = sorted(PACKAGE.rglob("*.py"))
+    assert len(sources) > 15
+    violations = [v for path in sources for v in _violations(path)]
+    assert violations == []
+
+
+def test_the_check_sees_a_private_import(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from pme_exporter.sink import _Attempt\nfrom pme_exporter import sink\nsink._STATEMENTS\n"
+    )
+    assert len(_violations(sample)) == 2
+
+
+def test_every_parent_table_is_flushed_before_its_children() -> None:
+    position = {spec.table: i for i, spec in enumerate(FLUSH_ORDER)}
+    assert sorted(position) == sorted(spec.table for spec in TABLES)
+    for spec in FLUSH_ORDER:
+        for parent in spec.parents:
+            assert parent.table in BY_TABLE and position[parent.table] < position[spec.table], (
+                f"{spec.table} is flushed before its parent {parent.table}"
+            )
