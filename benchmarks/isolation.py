@@ -25,6 +25,7 @@ import psycopg
 from pme_exporter.buffers import Batch
 from pme_exporter.decode import Decoder
 from pme_exporter.devtools.databases import create_database
+from pme_exporter.devtools.generator import InMemoryMessage
 from pme_exporter.devtools.stack import servers_env
 from pme_exporter.migrate import migrate
 from pme_exporter.settings import Settings
@@ -33,34 +34,15 @@ from pme_exporter.sink import ROW_BY_ROW_MAX, PostgresSink
 BENCH_DB = "pme_bench_isolation"
 
 
-class _Message:
-    def __init__(self, offset: int, value: bytes) -> None:
-        self._offset, self._value = offset, value
-
-    def value(self) -> bytes:
-        return self._value
-
-    def key(self) -> None:
-        return None
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 0)
-
-
-def messages(rows: int, refused: int) -> list[_Message]:
+def messages(rows: int, refused: int) -> list[InMemoryMessage]:
     every = rows / refused if refused else rows + 1
     bad = {int(i * every) for i in range(refused)}
     out = []
     for nid in range(rows):
         account = "A" * 51 if nid in bad else f"ACC{nid % 80:04d}"
         data = {"nid": nid, "account_code": account, "quantity": "100.00", "state": "S", "side": "BORR"}
-        out.append(_Message(nid, orjson.dumps({"type": "Order", "ts": "2025-11-28T09:00:00Z", "data": data})))
+        value = orjson.dumps({"type": "Order", "ts": "2025-11-28T09:00:00Z", "data": data})
+        out.append(InMemoryMessage(value, 0, nid))
     return out
 
 

@@ -37,7 +37,7 @@ from pme_exporter.buffers import Batch
 from pme_exporter.consumer import consumer_config
 from pme_exporter.decode import Decoder
 from pme_exporter.devtools.databases import create_database
-from pme_exporter.devtools.generator import create_topic, publish, trading_day
+from pme_exporter.devtools.generator import InMemoryMessage, create_topic, publish, trading_day
 from pme_exporter.devtools.stack import exporter_env as worker_env
 from pme_exporter.devtools.stack import servers_env
 from pme_exporter.migrate import migrate
@@ -285,7 +285,7 @@ def pg_ceiling(
         chunk = Batch(decoder=decoder)
         chunk.add(
             [
-                _Located(v, p, o)
+                InMemoryMessage(v, p, o)
                 for (k, v), (p, o) in zip(
                     batch[start : start + batch_events], located[start : start + batch_events], strict=True
                 )
@@ -345,28 +345,6 @@ def pg_ceiling(
     )
     elapsed = time.monotonic() - started
     return len(batch) / elapsed, servers.stop()
-
-
-@dataclass(frozen=True)
-class _Located:
-    _value: bytes | None
-    _partition: int
-    _offset: int
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def key(self) -> bytes | None:
-        return None
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def timestamp(self) -> tuple[int, int]:
-        return (0, 0)
 
 
 # -- latency -------------------------------------------------------------------------

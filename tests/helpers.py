@@ -8,7 +8,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,36 +19,6 @@ from pme_exporter.devtools.stack import exporter_env, stored_offsets
 from pme_exporter.errors import DecodeError
 from pme_exporter.metrics import Metrics
 from pme_exporter.settings import Settings
-
-
-@dataclass(frozen=True)
-class FakeMessage:
-    """Stands in for confluent_kafka.Message in unit and sink-level tests."""
-
-    _value: bytes | None
-    _partition: int = 0
-    _offset: int = 0
-    _key: bytes | None = None
-    _timestamp_ms: int = 0
-    _error: Any = None
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, self._timestamp_ms)
-
-    def error(self) -> Any:
-        return self._error
 
 
 class ExporterThread:

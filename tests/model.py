@@ -21,7 +21,7 @@ from psycopg import sql
 from pme_exporter.schema import BY_EVENT_TYPE, TABLES, Column, Kind, TableSpec, WriteMode
 
 Tables = dict[str, dict[Any, dict[str, Any]]]
-Located = tuple[int, int, bytes]  # (partition, offset, value)
+ValidMessage = tuple[int, int, bytes]  # (partition, offset, value) of a message the decoder accepts
 
 
 def column_value(column: Column, raw: Any) -> Any:
@@ -55,7 +55,7 @@ def _row(spec: TableSpec, envelope: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def apply_events(events: Iterable[Located]) -> Tables:
+def apply_events(events: Iterable[ValidMessage]) -> Tables:
     """Applies valid events one at a time; the same (partition, offset) counts once.
 
     A child event whose parent never arrives waits in exporter_parked_children

@@ -16,7 +16,6 @@ from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import conninfo_to_dict
 
 from pme_exporter.breaker import DeadLetterBreaker
-from pme_exporter.buffers import Batch
 from pme_exporter.consumer import ConsumerLoop, KafkaErrorPolicy, consumer_config
 from pme_exporter.errors import ConfigError, Stopped, is_retryable, retry_reason
 from pme_exporter.flusher import Flusher
@@ -199,16 +198,15 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         breaker=DeadLetterBreaker(window=settings.breaker_window, ratio=settings.breaker_ratio),
     )
 
-    def on_report(batch: Batch, report: FlushReport) -> None:
-        metrics.record_flush(batch, report, time.time())
+    def on_report(report: FlushReport) -> None:
+        metrics.record_flush(report, time.time())
         totals = count_outcomes(report)
-        dead = len(batch.dead_letters) + len(report.dead_letters)
         log.log(
-            logging.INFO if batch.size or totals["adopted"] else logging.DEBUG,
+            logging.INFO if report.events or totals["adopted"] else logging.DEBUG,
             "[DB-EXPORTER] Flushed %d events in %.0f ms (copy %.0f, upsert %.0f, commit %.0f): "
             "%d inserted, %d updated, %d stale, %d duplicate, %d carried, %d parked, %d adopted, "
             "%d dead letters",
-            batch.size,
+            report.events,
             report.total_s * 1000,
             sum(o.copy_s for o in report.tables.values()) * 1000,
             sum(o.apply_s for o in report.tables.values()) * 1000,
@@ -220,7 +218,7 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
             totals["carried"],
             totals["parked"],
             totals["adopted"],
-            dead,
+            len(report.dead_letters),
         )
 
     flusher = Flusher(

@@ -9,6 +9,7 @@ and pauses its partitions when the batch is full and the flusher busy.
 from __future__ import annotations
 
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from typing import Protocol
 
 from pme_exporter.decode import Decoder
 from pme_exporter.errors import DecodeError
-from pme_exporter.schema import TableSpec
+from pme_exporter.progress import CarryPolicy
+from pme_exporter.schema import BY_TABLE, TableSpec
 
 
 class Message(Protocol):
@@ -60,7 +62,8 @@ class Orphan:
     offset: int
     key: bytes | None
     value: bytes
-    carries: int  # flushes it has already been carried over
+    text: str  # its COPY text, as decoded the first time
+    times_carried: int  # flushes it has been carried over, this one included
 
 
 @dataclass
@@ -74,12 +77,21 @@ class TableRows:
     spec: TableSpec
     copy_data: bytearray = field(default_factory=bytearray)
     sources: list[Source] = field(default_factory=list)
+    # Where each row's line starts in copy_data, so one row's text can be taken back.
+    starts: array[int] = field(default_factory=lambda: array("q"))
 
     def add(self, partition: int, offset: int, key: bytes | None, value: bytes, text: str) -> None:
         # Encoded here, in the consumer thread, so the flusher hands PostgreSQL
         # bytes without holding the GIL for a join and an encode of the batch.
+        self.starts.append(len(self.copy_data))
         self.copy_data += f"{len(self.sources)}\t{partition}\t{offset}\t{text}\n".encode()
         self.sources.append((partition, offset, key, value))
+
+    def row_text(self, seq: int) -> str:
+        """Row ``seq``'s COPY text as ``add`` took it (without seq, partition and offset)."""
+        end = self.starts[seq + 1] if seq + 1 < len(self.starts) else len(self.copy_data)
+        line = bytes(self.copy_data[self.starts[seq] : end - 1]).decode()
+        return line.split("\t", 3)[3]
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -98,9 +110,10 @@ class Batch:
     started_at: float | None = None
     newest_event_ms: int = 0
     # Orphans carried over from the previous flush, by (partition, offset): how often.
-    carries: dict[tuple[int, int], int] = field(default_factory=dict)
-    # Set on the last batch before partitions are given up: orphans are parked, not carried.
-    closing: bool = False
+    times_carried: dict[tuple[int, int], int] = field(default_factory=dict)
+    # What the sink does with this batch's orphans; the last batch before partitions
+    # are given up gets a closing policy (orphans are parked, not carried).
+    carry_policy: CarryPolicy = field(default_factory=CarryPolicy)
 
     def add(self, messages: list[Message]) -> None:
         """Decodes and buffers messages; invalid ones become dead letters, never exceptions."""
@@ -151,23 +164,21 @@ class Batch:
         self.newest_event_ms = max(self.newest_event_ms, messages[-1].timestamp()[1])
 
     def carry(self, orphans: list[Orphan], ends: Mapping[int, int]) -> None:
-        """Takes the previous flush's orphans; ``ends`` are that batch's next offsets.
+        """Takes the previous flush's orphans; ``ends`` are that batch's end offsets.
 
-        The orphans are decoded again here, in the consumer thread, and become
-        ordinary rows of this batch; events are not counted twice.
+        They become ordinary rows of this batch, with the COPY text they were
+        decoded to the first time; events are not counted twice.
         """
         if not orphans:
             return
         if self.started_at is None:
             self.started_at = self.clock()
-        decode = self.decoder.decode
         for orphan in orphans:
-            spec, text = decode(orphan.value)  # it decoded before; the decoder is deterministic
-            buf = self.tables.get(spec.table)
+            buf = self.tables.get(orphan.table)
             if buf is None:
-                buf = self.tables[spec.table] = TableRows(spec)
-            buf.add(orphan.partition, orphan.offset, orphan.key, orphan.value, text)
-            self.carries[(orphan.partition, orphan.offset)] = orphan.carries
+                buf = self.tables[orphan.table] = TableRows(BY_TABLE[orphan.table])
+            buf.add(orphan.partition, orphan.offset, orphan.key, orphan.value, orphan.text)
+            self.times_carried[(orphan.partition, orphan.offset)] = orphan.times_carried
             partition = orphan.partition
             self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), ends[partition])
         self.size += len(orphans)

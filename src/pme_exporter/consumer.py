@@ -28,6 +28,7 @@ from pme_exporter.decode import DEFAULT_MAX_MESSAGE_BYTES, Decoder
 from pme_exporter.errors import KafkaFatalError, RetryableError, retry_reason
 from pme_exporter.flusher import Flusher, FlushFailed
 from pme_exporter.metrics import Metrics
+from pme_exporter.progress import CarryPolicy, PartitionProgress
 from pme_exporter.sink import Sink
 
 log = logging.getLogger(__name__)
@@ -148,11 +149,7 @@ class ConsumerLoop:
         self._deadline_s = shutdown_deadline_s
         self._clock = clock
         self._batch = self._new_batch()
-        self._inflight_offsets: dict[int, int] | None = None
-        self._inflight_newest_ms = 0
-        self._exported: dict[int, int] = {}  # partition -> next offset stored in PostgreSQL
-        self._newest_exported_ms = 0
-        self._assigned: set[int] = set()
+        self._progress = PartitionProgress()
         self._paused_since: float | None = None
         self._last_flush_at = clock()
         self._parked_waiting = 0
@@ -236,8 +233,6 @@ class ConsumerLoop:
 
     def _submit(self) -> None:
         batch, self._batch = self._batch, self._new_batch()
-        self._inflight_offsets = dict(batch.next_offsets)
-        self._inflight_newest_ms = batch.newest_event_ms
         self._last_flush_at = self._clock()
         self._flusher.submit(batch)
         self._metrics.buffered_events.set(0)
@@ -256,16 +251,13 @@ class ConsumerLoop:
         if report is None:
             return
         self._last_progress_at = self._clock()
-        ends, self._inflight_offsets = self._inflight_offsets or {}, None
-        offsets = report.saved_offsets
+        progress = self._progress
         # Orphans of partitions given up meanwhile stay behind: their saved offset
         # points at them, so the new owner reads them again.
-        self._batch.carry([o for o in report.carried if o.partition in self._assigned], ends)
+        self._batch.carry([o for o in report.carried if o.partition in progress.assigned], report.end_offsets)
         self._parked_waiting = report.parked_waiting
-        self._newest_exported_ms = max(self._newest_exported_ms, self._inflight_newest_ms)
-        for partition, next_offset in offsets.items():
-            self._exported[partition] = max(self._exported.get(partition, 0), next_offset)
-        to_commit = [TopicPartition(self._topic, p, o) for p, o in offsets.items() if p in self._assigned]
+        committable = progress.saved(report.saved_offsets, report.newest_event_ms)
+        to_commit = [TopicPartition(self._topic, p, o) for p, o in committable.items()]
         if to_commit:
             try:
                 self._consumer.commit(offsets=to_commit, asynchronous=True)
@@ -278,7 +270,8 @@ class ConsumerLoop:
             return False
         self._collect()
         if self._batch.size > 0:
-            self._batch.closing = True  # no later batch will take orphans: park them
+            # No later batch will take orphans: park them.
+            self._batch.carry_policy = CarryPolicy(self._batch.carry_policy.max_carries, closing=True)
             self._submit()
             if not self._flusher.wait_idle(max(0.0, deadline - self._clock())):
                 return False
@@ -322,13 +315,11 @@ class ConsumerLoop:
         stored = self._stored_offsets(numbers)
         for tp in partitions:
             tp.offset = stored.get(tp.partition, OFFSET_INVALID)
-            if tp.partition in stored:
-                self._exported[tp.partition] = stored[tp.partition]
         consumer.incremental_assign(partitions)
         self._kafka_errors.topic_seen()
         if self._paused_since is not None or self.halted is not None:
             consumer.pause(partitions)
-        self._assigned.update(numbers)
+        self._progress.assign(numbers, stored)
         log.info("[DB-EXPORTER] Assigned partitions %s, resuming at %s", sorted(numbers), stored)
 
     def _stored_offsets(self, partitions: list[int]) -> dict[int, int]:
@@ -360,13 +351,13 @@ class ConsumerLoop:
                 log.warning(
                     "[DB-EXPORTER] Gave up partitions %s with writes left for the next owner", numbers
                 )
-            self._assigned.difference_update(numbers)
+            self._progress.revoke(numbers)
             return
         if not self._drain(self._clock() + self._deadline_s):
             # The new owner reads from exporter_offsets, so nothing is lost; but our
             # buffer may mix partitions we keep, so restart cleanly rather than guess.
             raise FatalError(f"could not flush before giving up partitions {numbers}")
-        self._assigned.difference_update(numbers)
+        self._progress.revoke(numbers)
         for p in numbers:
             self._forget_lag(p)
         log.info("[DB-EXPORTER] Revoked partitions %s after flushing", numbers)
@@ -376,7 +367,9 @@ class ConsumerLoop:
         # hold; it is not committed, and the owner re-reads it from exporter_offsets.
         numbers = sorted(tp.partition for tp in partitions)
         self._batch = self._new_batch()
-        self._assigned.difference_update(numbers)
+        self._progress.revoke(numbers)
+        for p in numbers:
+            self._forget_lag(p)
         log.warning("[DB-EXPORTER] Lost partitions %s; dropped the unflushed buffer", numbers)
 
     # -- lag ------------------------------------------------------------------
@@ -385,22 +378,18 @@ class ConsumerLoop:
             self._metrics.lag_messages.remove(str(partition))
 
     def _update_lag(self) -> None:
-        total = 0
-        for p in sorted(self._assigned):
+        highs: dict[int, int] = {}
+        for p in sorted(self._progress.assigned):
             try:
-                _low, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, p), cached=True)
+                _low, highs[p] = self._consumer.get_watermark_offsets(
+                    TopicPartition(self._topic, p), cached=True
+                )
             except Exception as exc:  # a partition in flux; the next round tells
                 log.debug("watermarks of partition %d unavailable: %s", p, exc)
-                continue
-            if high < 0 or p not in self._exported:
-                continue
-            lag = max(0, high - self._exported[p])
-            total += lag
-            self._metrics.lag_messages.labels(str(p)).set(lag)
-        if total == 0 or self._newest_exported_ms == 0:
-            self._metrics.lag_seconds.set(0)
-        else:
-            self._metrics.lag_seconds.set(max(0.0, time.time() - self._newest_exported_ms / 1000.0))
+        behind, seconds = self._progress.lag(highs)
+        for p, messages in behind.items():
+            self._metrics.lag_messages.labels(str(p)).set(messages)
+        self._metrics.lag_seconds.set(seconds)
 
     # -- shutdown -------------------------------------------------------------
     def _shutdown(self) -> None:
@@ -411,9 +400,7 @@ class ConsumerLoop:
                 self._flusher.abandon()
         except FatalError as exc:
             log.error("[DB-EXPORTER] %s", exc)
-        committed = [
-            TopicPartition(self._topic, p, o) for p, o in self._exported.items() if p in self._assigned
-        ]
+        committed = [TopicPartition(self._topic, p, o) for p, o in self._progress.committable().items()]
         if committed:
             try:
                 self._consumer.commit(offsets=committed, asynchronous=False)

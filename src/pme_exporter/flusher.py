@@ -44,7 +44,7 @@ class Flusher:
         self,
         sink: Sink,
         *,
-        on_report: Callable[[Batch, FlushReport], None],
+        on_report: Callable[[FlushReport], None],
         on_retry: Callable[[BaseException], None],
         max_backoff_s: float = 10.0,
     ) -> None:
@@ -116,7 +116,7 @@ class Flusher:
             result: FlushReport | BaseException
             try:
                 result = self._write_with_retry(batch)
-                self._on_report(batch, result)
+                self._on_report(result)
             except BaseException as exc:  # handed to the consumer thread, which decides
                 result = exc
             with self._lock:

@@ -13,7 +13,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from pme_exporter.buffers import Batch
 from pme_exporter.sink import OUTCOMES, FlushReport
 
 _FLUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -89,12 +88,12 @@ class Metrics:
             "pme_exporter_parked_children", "Children waiting for their parent row", registry=r
         )
 
-    def record_flush(self, batch: Batch, report: FlushReport, now_s: float) -> None:
-        for event_type, n in batch.events_by_type.items():
+    def record_flush(self, report: FlushReport, now_s: float) -> None:
+        for event_type, n in report.events_by_type.items():
             if event_type != "invalid":
                 self.events_consumed.labels(event_type).inc(n)
-        self.tombstones.inc(batch.tombstones)
-        for d in batch.dead_letters + report.dead_letters:
+        self.tombstones.inc(report.tombstones)
+        for d in report.dead_letters:
             self.dead_letters.labels(d.stage, d.reason).inc()
         copy_s = apply_s = 0.0
         for table, o in report.tables.items():
@@ -110,7 +109,7 @@ class Metrics:
         self.flush_seconds.labels("upsert").observe(apply_s)
         self.flush_seconds.labels("commit").observe(report.commit_s)
         self.flush_seconds.labels("total").observe(report.total_s)
-        self.batch_events.observe(batch.size)
+        self.batch_events.observe(report.events)
         self.parked_children.set(report.parked_waiting)
         self.last_flush.set(now_s)
 

@@ -7,9 +7,12 @@ Contract of ``Sink.write(batch)``:
   it is isolated by bisection and written to ``exporter_dead_letters``;
 - a child whose parent is not stored yet is handed back in ``report.carried``
   (the caller puts it in the next batch, see ``Batch.carry``) and the saved
-  offset of its partition stays at it; after ``MAX_CARRIES`` flushes, or in a
-  ``closing`` batch, it is parked in ``exporter_parked_children`` instead, and
-  a later flush adopts it once the parent is stored;
+  offset of its partition stays at it; when the batch's ``carry_policy`` says
+  no more (carried too often, or a closing batch), it is parked in
+  ``exporter_parked_children`` instead, and a later flush adopts it once the
+  parent is stored;
+- the report is the one account of the flush: the batch's events and end
+  offsets, what was saved, every dead letter (decode and database), timings;
 - a transient failure (connection lost, serialization failure, deadlock, ...)
   raises ``RetryableError``; nothing was committed and the same batch may be
   written again; any other database error propagates unchanged (a bug);
@@ -20,6 +23,7 @@ It may block for as long as the database takes; it is called from one thread.
 from __future__ import annotations
 
 import time
+from array import array
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +36,7 @@ from pme_exporter.breaker import DeadLetterBreaker
 from pme_exporter.buffers import Batch, DeadLetter, Orphan, TableRows
 from pme_exporter.decode import Decoder
 from pme_exporter.errors import DecodeError, RetryableError, is_retryable, is_row_error
+from pme_exporter.progress import read_stored_offsets
 from pme_exporter.schema import FLUSH_ORDER, PARKED_PARENT_COLUMNS, TableSpec, WriteMode
 from pme_exporter.sqlgen import TableStatements, adopt_parked_statement, staging_table, statements_for
 
@@ -51,9 +56,14 @@ class TableOutcome:
 
 @dataclass
 class FlushReport:
+    events: int = 0  # messages in the batch, tombstones and invalid ones included
+    events_by_type: Counter[str] = field(default_factory=Counter)
+    tombstones: int = 0
+    newest_event_ms: int = 0
     tables: dict[str, TableOutcome] = field(default_factory=dict)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)  # decode and database
     carried: list[Orphan] = field(default_factory=list)
+    end_offsets: dict[int, int] = field(default_factory=dict)  # where the batch ended
     saved_offsets: dict[int, int] = field(default_factory=dict)  # as stored in exporter_offsets
     parked_waiting: int = 0
     statements: int = 0  # round trips to PostgreSQL for the tables (COPY, apply, savepoints)
@@ -98,13 +108,6 @@ WITH saved AS (
     RETURNING 1
 )
 SELECT count(*) FROM exporter_parked_children"""
-
-
-# Most orphans meet their parent one flush later: the parent sat on a partition
-# whose fetched chunk ended a little earlier. Parking costs a write, a delete, a
-# decode and a second apply in the database; carrying in memory costs a second
-# COPY and apply of the row. Past a few flushes the parent is likely far away.
-MAX_CARRIES = 3
 
 
 # Isolating refused rows: ranges are halved down to this size, then tried row by
@@ -182,15 +185,11 @@ class PostgresSink:
     def stored_offsets(self, partitions: list[int]) -> dict[int, int]:
         try:
             with self._pool.connection(timeout=10) as conn:
-                rows = conn.execute(
-                    "SELECT partition, next_offset FROM exporter_offsets WHERE topic = %s AND partition = ANY(%s)",
-                    (self._topic, partitions),
-                ).fetchall()
+                return read_stored_offsets(conn, self._topic, partitions)
         except psycopg.Error as exc:
             if is_retryable(exc):
                 raise RetryableError(f"reading stored offsets failed: {type(exc).__name__}") from exc
             raise
-        return {int(p): int(o) for p, o in rows}
 
     def write(self, batch: Batch) -> FlushReport:
         started = time.perf_counter()
@@ -201,7 +200,7 @@ class PostgresSink:
         except _RowRefused as refused:
             report = self._write_once(batch, isolate_rows=True)
             report.statements += refused.statements
-        self._breaker.record(batch.size, _reasons(batch, report))
+        self._breaker.record(report.events, _reasons(report))
         report.total_s = time.perf_counter() - started
         return report
 
@@ -238,7 +237,14 @@ class _Attempt:
         self._row_by_row_max = row_by_row_max
         self._cur = conn.cursor()
         self._batch = batch
-        self._report = FlushReport()
+        self._report = FlushReport(
+            events=batch.size,
+            events_by_type=batch.events_by_type,
+            tombstones=batch.tombstones,
+            newest_event_ms=batch.newest_event_ms,
+            dead_letters=list(batch.dead_letters),
+            end_offsets=dict(batch.next_offsets),
+        )
         self._topic = topic
         self._decoder = decoder
         self._isolate_rows = isolate_rows
@@ -259,8 +265,8 @@ class _Attempt:
                     self._write_table(rows, outcome)
                     report.tables[spec.table] = outcome
             # Before anything of the batch is saved: a flood rolls it all back.
-            self._breaker.check(batch.size, _reasons(batch, report))
-            self._write_dead_letters(batch.dead_letters + report.dead_letters)
+            self._breaker.check(report.events, _reasons(report))
+            self._write_dead_letters(report.dead_letters)
             saved = dict(batch.next_offsets)
             for orphan in report.carried:  # read again after a crash, until written
                 saved[orphan.partition] = min(saved[orphan.partition], orphan.offset)
@@ -417,9 +423,9 @@ class _Attempt:
         carried, park = [], []
         for i, seq in enumerate(seqs):
             partition, offset, key, value = rows.sources[seq]
-            carries = batch.carries.get((partition, offset), 0)
-            if not batch.closing and carries < MAX_CARRIES:
-                carried.append(Orphan(table, partition, offset, key, value, carries + 1))
+            times = batch.times_carried.get((partition, offset), 0)
+            if batch.carry_policy.carry(times):
+                carried.append(Orphan(table, partition, offset, key, value, rows.row_text(seq), times + 1))
             else:
                 keys = [column[i] if column is not None else None for column in parent_keys]
                 park.append((self._topic, partition, offset, table, *keys, key, value))
@@ -430,8 +436,8 @@ class _Attempt:
         outcome.parked += len(park)
 
 
-def _reasons(batch: Batch, report: FlushReport) -> list[str]:
-    return [f"{d.stage}:{d.reason}" for d in batch.dead_letters + report.dead_letters]
+def _reasons(report: FlushReport) -> list[str]:
+    return [f"{d.stage}:{d.reason}" for d in report.dead_letters]
 
 
 # A parked child taken back: (partition, offset, key, value, COPY text).
@@ -445,7 +451,7 @@ def _merged(
     if not adopted:
         return rows, 0
     merged = (
-        TableRows(spec, bytearray(rows.copy_data), list(rows.sources))
+        TableRows(spec, bytearray(rows.copy_data), list(rows.sources), array("q", rows.starts))
         if rows is not None
         else TableRows(spec)
     )

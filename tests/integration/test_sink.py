@@ -10,9 +10,10 @@ import pytest
 
 from pme_exporter.buffers import Batch
 from pme_exporter.decode import Decoder
+from pme_exporter.progress import CarryPolicy
 from pme_exporter.settings import Settings
-from pme_exporter.sink import MAX_CARRIES, PostgresSink
-from tests.helpers import FakeMessage
+from pme_exporter.sink import PostgresSink
+from tests.fakes import FakeMessage
 
 TS = "2025-11-29T09:05:00+07:00"
 
@@ -22,7 +23,7 @@ def msg(partition: int, offset: int, event_type: str, data: dict[str, object], t
 
 
 def batch_of(*messages: FakeMessage, closing: bool = False) -> Batch:
-    batch = Batch(decoder=Decoder(), closing=closing)
+    batch = Batch(decoder=Decoder(), carry_policy=CarryPolicy(closing=closing))
     batch.add(list(messages))
     return batch
 
@@ -78,7 +79,9 @@ def test_orphans_are_carried_to_the_next_batch_and_hold_their_offset(
         msg(1, 2, "Holiday", {"nid": 2}),
     )
     report = sink.write(first)
-    assert [(o.table, o.partition, o.offset, o.carries) for o in report.carried] == [("contracts", 1, 1, 1)]
+    assert [(o.table, o.partition, o.offset, o.times_carried) for o in report.carried] == [
+        ("contracts", 1, 1, 1)
+    ]
     assert report.saved_offsets == {1: 1}  # a crash now reads the contract again
     with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
         assert stored_offsets(conn) == {1: 1}
@@ -96,12 +99,14 @@ def test_orphans_are_carried_to_the_next_batch_and_hold_their_offset(
 
 def test_orphans_are_parked_after_max_carries(sink: PostgresSink, settings: Settings) -> None:
     batch = batch_of(msg(1, 0, "Contract", {"nid": 9, "trade_nid": 3, "order_nid": 5}))
-    for flush in range(1, MAX_CARRIES + 2):
+    max_carries = CarryPolicy().max_carries
+    for flush in range(1, max_carries + 2):
         report = sink.write(batch)
-        if flush <= MAX_CARRIES:
-            assert [o.carries for o in report.carried] == [flush] and report.saved_offsets == {1: 0}
-        ends, batch = batch.next_offsets, Batch(decoder=Decoder())
-        batch.carry(report.carried, ends)
+        if flush <= max_carries:
+            assert [o.times_carried for o in report.carried] == [flush] and report.saved_offsets == {1: 0}
+            assert report.end_offsets == {1: 1}
+        batch = Batch(decoder=Decoder())
+        batch.carry(report.carried, report.end_offsets)
     assert report.carried == [] and report.saved_offsets == {1: 1}
     assert report.tables["contracts"].parked == 1 and report.parked_waiting == 1
     with psycopg.connect(settings.conninfo(), autocommit=True) as conn:

@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 from pme_exporter.buffers import Batch, Orphan
 from pme_exporter.decode import Decoder
 from pme_exporter.devtools.databases import create_database, drop_database
+from pme_exporter.progress import CarryPolicy
 from pme_exporter.schema import TABLES
 from pme_exporter.settings import Settings
 from pme_exporter.sink import PostgresSink
-from tests.helpers import FakeMessage
+from tests.fakes import FakeMessage
 from tests.model import apply_events, diff, snapshot
 
 # Equal instants written in different zones, so ties and zone handling both get exercised.
@@ -154,12 +155,13 @@ def test_any_batch_cut_and_replay_equals_the_model(
     while start < len(messages) or carried:
         size = data.draw(st.integers(0 if carried else 1, len(messages) - start), label="batch size")
         # A closing batch (before partitions are given up) parks its orphans instead of carrying them.
-        batch = Batch(decoder=decoder, closing=data.draw(st.booleans(), label="closing"))
+        closing = data.draw(st.booleans(), label="closing")
+        batch = Batch(decoder=decoder, carry_policy=CarryPolicy(closing=closing))
         batch.add(messages[start : start + size])  # type: ignore[arg-type]
         batch.carry(carried, ends)
         report = sink.write(batch)
         assert all(report.saved_offsets[o.partition] <= o.offset for o in report.carried)
-        carried, ends = report.carried, batch.next_offsets
+        carried, ends = report.carried, report.end_offsets
         if previous is not None and data.draw(st.booleans(), label="replay previous batch"):
             sink.write(previous)
         previous = batch

@@ -5,7 +5,7 @@ import orjson
 from pme_exporter.buffers import Batch, Orphan
 from pme_exporter.decode import Decoder
 from pme_exporter.schema import TableSpec
-from tests.helpers import FakeMessage
+from tests.fakes import FakeMessage
 
 
 def order(nid: int) -> bytes:
@@ -43,13 +43,22 @@ def test_batch_routes_rows_and_tracks_next_offsets() -> None:
 def test_carried_orphans_become_rows_and_keep_the_previous_batch_end() -> None:
     batch = Batch(decoder=Decoder(), clock=lambda: 7.0)
     batch.add([FakeMessage(order(5), 0, 40, b"Order:5")])
+    first = Batch(decoder=Decoder())
+    first.add([FakeMessage(order(3), 0, 12, b"Order:3"), FakeMessage(order(4), 2, 8)])
+    texts = [first.tables["orders"].row_text(0), first.tables["orders"].row_text(1)]
+    assert texts[0].split("\t")[:2] == ["2025-11-29T09:00:00Z", "3"]
     batch.carry(
-        [Orphan("orders", 0, 12, b"Order:3", order(3), 1), Orphan("orders", 2, 8, None, order(4), 2)],
+        [
+            Orphan("orders", 0, 12, b"Order:3", order(3), texts[0], 1),
+            Orphan("orders", 2, 8, None, order(4), texts[1], 2),
+        ],
         {0: 30, 2: 9, 3: 77},
     )
     # Partition 0 already read past the old end; partition 2 has only its orphan.
     assert batch.next_offsets == {0: 41, 2: 9}
-    assert batch.carries == {(0, 12): 1, (2, 8): 2}
+    assert batch.times_carried == {(0, 12): 1, (2, 8): 2}
+    # Carried rows keep the COPY text they had: the same line, renumbered.
+    assert batch.tables["orders"].row_text(1) == texts[0] and batch.tables["orders"].row_text(2) == texts[1]
     rows = batch.tables["orders"]
     assert [s[:2] for s in rows.sources] == [(0, 40), (0, 12), (2, 8)]
     assert [line.split("\t")[:3] for line in rows.copy_data.decode().splitlines()][1:] == [

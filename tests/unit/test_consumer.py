@@ -11,99 +11,14 @@ import orjson
 import pytest
 from confluent_kafka import TopicPartition
 
-from pme_exporter.buffers import Batch, Orphan
 from pme_exporter.consumer import ConsumerLoop
 from pme_exporter.flusher import Flusher
 from pme_exporter.metrics import Metrics
-from pme_exporter.sink import FlushReport
-from tests.helpers import FakeMessage
+from tests.fakes import FakeConsumer, FakeMessage, MemorySink
 
 
 def order(nid: int) -> bytes:
     return orjson.dumps({"type": "Order", "ts": "2025-11-29T09:00:00Z", "data": {"nid": nid}})
-
-
-class FakeConsumer:
-    def __init__(self, partitions: list[int]) -> None:
-        self.partitions = partitions
-        self.queue: list[FakeMessage] = []
-        self.lock = threading.Lock()
-        self.paused: set[int] = set()
-        self.commits: list[dict[int, int]] = []
-        self.assigned: list[TopicPartition] = []
-        self.on_assign: Callable[..., None] | None = None
-        self.closed = False
-
-    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
-        self.on_assign = callbacks["on_assign"]
-
-    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
-        if self.on_assign is not None:
-            assign, self.on_assign = self.on_assign, None
-            assign(self, [TopicPartition("t", p) for p in self.partitions])
-        with self.lock:
-            ready = [m for m in self.queue if m.partition() not in self.paused][:num_messages]
-            for m in ready:
-                self.queue.remove(m)
-        if not ready:
-            time.sleep(0.005)
-        return ready
-
-    def incremental_assign(self, partitions: list[TopicPartition]) -> None:
-        self.assigned.extend(partitions)
-
-    def assignment(self) -> list[TopicPartition]:
-        return self.assigned
-
-    def pause(self, partitions: list[TopicPartition]) -> None:
-        self.paused.update(tp.partition for tp in partitions)
-
-    def resume(self, partitions: list[TopicPartition]) -> None:
-        self.paused.difference_update(tp.partition for tp in partitions)
-
-    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
-        self.commits.append({tp.partition: tp.offset for tp in offsets})
-
-    def get_watermark_offsets(self, tp: TopicPartition, cached: bool) -> tuple[int, int]:
-        return (0, 100)
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class MemorySink:
-    """Stores batches; hands back as orphans, once each, the messages at ``orphan_at`` (partition, offset)."""
-
-    def __init__(self, stored: dict[int, int] | None = None) -> None:
-        self.batches: list[Batch] = []
-        self.gate = threading.Event()
-        self.gate.set()
-        self.stored = stored or {}
-        self.orphan_at: set[tuple[int, int]] = set()
-
-    def write(self, batch: Batch) -> FlushReport:
-        self.gate.wait(10)
-        self.batches.append(batch)
-        report = FlushReport(saved_offsets=dict(batch.next_offsets))
-        if not batch.closing:
-            for (partition, offset), value in self._values(batch).items():
-                if (partition, offset) in self.orphan_at and (partition, offset) not in batch.carries:
-                    report.carried.append(Orphan("orders", partition, offset, None, value, 1))
-                    report.saved_offsets[partition] = min(report.saved_offsets[partition], offset)
-        return report
-
-    @staticmethod
-    def _values(batch: Batch) -> dict[tuple[int, int], bytes]:
-        return {(p, o): v for rows in batch.tables.values() for p, o, _k, v in rows.sources}
-
-    def stored_offsets(self, partitions: list[int]) -> dict[int, int]:
-        return {p: o for p, o in self.stored.items() if p in partitions}
-
-    def ping(self) -> None:
-        return None
-
-    def close(self, timeout_s: float) -> None:
-        return None
 
 
 class Clock:
@@ -131,7 +46,7 @@ def harness() -> Iterator[
         max_batch: int = 10, interval_ms: int = 1000, bound: int = 20, stored: dict[int, int] | None = None
     ) -> tuple[FakeConsumer, MemorySink, Clock, threading.Event, ConsumerLoop]:
         consumer, sink, clock, stop = FakeConsumer([0, 1]), MemorySink(stored), Clock(), threading.Event()
-        flusher = Flusher(sink, on_report=lambda b, r: None, on_retry=lambda e: None)
+        flusher = Flusher(sink, on_report=lambda r: None, on_retry=lambda e: None)
         loop = ConsumerLoop(
             consumer=consumer,  # type: ignore[arg-type]
             topic="t",
@@ -206,31 +121,40 @@ def test_stop_flushes_what_is_buffered_and_closes(harness: Any) -> None:
     assert sum(b.size for b in sink.batches) == 7 and {0: 7} in consumer.commits
 
 
+def ack(nid: int) -> bytes:
+    return orjson.dumps({"type": "OrderAck", "ts": "2025-11-29T09:00:01Z", "data": {"order_nid": nid}})
+
+
 def test_orphans_go_into_the_next_batch_and_hold_back_the_commit(harness: Any) -> None:
     consumer, sink, clock, _stop, _loop = harness(max_batch=5, interval_ms=500, bound=100)
-    sink.orphan_at = {(0, 2)}
-    with consumer.lock:
-        consumer.queue.extend(FakeMessage(order(i), 0, i) for i in range(5))
+    with consumer.lock:  # the ack at offset 2 comes before its order, which is on partition 1
+        consumer.queue.extend(FakeMessage(ack(99) if i == 2 else order(i), 0, i) for i in range(5))
     wait_for(lambda: len(sink.batches) == 1)
     wait_for(lambda: consumer.commits == [{0: 2}])  # not past the orphan
-    clock.now += 0.6  # nothing new arrives: the orphan alone is flushed after the interval
-    wait_for(lambda: len(sink.batches) == 2)
-    second = sink.batches[1]
-    assert second.carries == {(0, 2): 1} and second.size == 1 and not second.events_by_type
-    assert second.next_offsets == {0: 5}
-    wait_for(lambda: consumer.commits[-1] == {0: 5})
+    with consumer.lock:
+        consumer.queue.append(FakeMessage(order(99), 1, 0))
+    wait_for(lambda: not consumer.queue)
+
+    def flushed_past_the_orphan() -> bool:
+        clock.now += 0.6  # each step lets the next batch (the orphan, carried, and the parent) flush
+        time.sleep(0.02)
+        return bool(consumer.commits) and consumer.commits[-1].get(0) == 5
+
+    wait_for(flushed_past_the_orphan)
+    assert sink.batches[1].times_carried == {(0, 2): 1}  # carried, not decoded again
+    assert len(sink.tables()["order_acks"]) == 1 and not sink.parked
 
 
 def test_the_last_batch_before_stopping_parks_orphans(harness: Any) -> None:
     consumer, sink, _clock, stop, _loop = harness(max_batch=5, interval_ms=60_000, bound=100)
-    sink.orphan_at = {(1, 0)}
     with consumer.lock:
-        consumer.queue.extend(FakeMessage(order(i), 1, i) for i in range(5))
+        consumer.queue.extend(FakeMessage(ack(77) if i == 0 else order(i), 1, i) for i in range(5))
     wait_for(lambda: consumer.commits == [{1: 0}])
     stop.set()
     wait_for(lambda: consumer.closed)
-    assert [b.closing for b in sink.batches] == [False, True]
-    assert sink.batches[1].carries == {(1, 0): 1} and {1: 5} in consumer.commits
+    assert [b.carry_policy.closing for b in sink.batches] == [False, True]
+    assert sink.batches[1].times_carried == {(1, 0): 1} and {1: 5} in consumer.commits
+    assert list(sink.parked) == [(1, 0)]
 
 
 def test_events_held_without_a_committed_flush_count_as_a_stall(harness: Any) -> None:
@@ -247,3 +171,18 @@ def test_events_held_without_a_committed_flush_count_as_a_stall(harness: Any) ->
     sink.gate.set()
     wait_for(lambda: bool(consumer.commits))
     wait_for(lambda: loop.stalled_s() == 0)
+
+
+def test_lost_partitions_drop_the_unflushed_buffer_and_commit_nothing_for_them(harness: Any) -> None:
+    consumer, sink, _clock, _stop, loop = harness(max_batch=1000, interval_ms=60_000, bound=2000)
+    with consumer.lock:
+        consumer.queue.extend(FakeMessage(order(i), 0, i) for i in range(4))
+    wait_for(lambda: not consumer.queue)
+    time.sleep(0.05)  # taken into the buffer
+    # The group says partition 0 is lost (another member may own it): what we hold is not ours to write.
+    loop._on_lost(consumer, [TopicPartition("t", 0)])
+    stop_and_wait = _stop
+    stop_and_wait.set()
+    wait_for(lambda: consumer.closed)
+    assert sum(b.size for b in sink.batches) == 0 and sink.applied == []
+    assert all(0 not in c for c in consumer.commits)
