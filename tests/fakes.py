@@ -150,14 +150,7 @@ class MemorySink:
     def write(self, batch: Batch) -> FlushReport:
         self.gate.wait(10)
         self.batches.append(batch)
-        report = FlushReport(
-            events=batch.size,
-            events_by_type=batch.events_by_type,
-            tombstones=batch.tombstones,
-            newest_event_ms=batch.newest_event_ms,
-            dead_letters=list(batch.dead_letters),
-            end_offsets=dict(batch.next_offsets),
-        )
+        report = FlushReport.of(batch)
         applied = list(self.applied)
         parked = dict(self.parked)
         dead = dict(self.dead)
@@ -196,16 +189,7 @@ class MemorySink:
                 outcome.adopted += 1
             state = next((s for c in spec.columns if (s := refusal(c, data.get(c.name))) is not None), None)
             if state is not None:
-                letter = DeadLetter(
-                    partition,
-                    offset,
-                    key,
-                    value,
-                    "database",
-                    f"sqlstate_{state}",
-                    f"{spec.table}: refused",
-                    state,
-                )
+                letter = DeadLetter.refused((partition, offset, key, value), spec.table, state, "refused")
                 report.dead_letters.append(letter)
                 dead.setdefault((partition, offset), letter)
                 continue

@@ -47,6 +47,14 @@ class DeadLetter:
     error: str
     sqlstate: str | None = None
 
+    @classmethod
+    def refused(cls, source: Source, table: str, sqlstate: str | None, message: str) -> DeadLetter:
+        """A row PostgreSQL refused, with its SQLSTATE."""
+        partition, offset, key, value = source
+        return cls(
+            partition, offset, key, value, "database", f"sqlstate_{sqlstate}", f"{table}: {message}", sqlstate
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Orphan:
@@ -64,6 +72,24 @@ class Orphan:
     value: bytes
     text: str  # its COPY text, as decoded the first time
     times_carried: int  # flushes it has been carried over, this one included
+
+
+def dead_letter_for(
+    exc: Exception, partition: int, offset: int, key: bytes | None, value: bytes
+) -> DeadLetter:
+    """The dead letter for a message whose decoding raised ``exc``: its reason when it is a
+    DecodeError, else ``internal`` (a decoder bug costs one message, never the partition)."""
+    if isinstance(exc, DecodeError):
+        return DeadLetter(partition, offset, key, value, "decode", exc.reason, exc.detail)
+    return DeadLetter(
+        partition,
+        offset,
+        key,
+        value,
+        "decode",
+        "internal",
+        f"internal error while decoding: {type(exc).__name__}",
+    )
 
 
 @dataclass
@@ -135,24 +161,8 @@ class Batch:
                 continue
             try:
                 spec, text = decode(value)
-            except DecodeError as exc:
-                self.dead_letters.append(
-                    DeadLetter(partition, offset, msg.key(), value, "decode", exc.reason, exc.detail)
-                )
-                by_type["invalid"] += 1
-                continue
-            except Exception as exc:  # a decoder bug must cost one message, never the partition
-                self.dead_letters.append(
-                    DeadLetter(
-                        partition,
-                        offset,
-                        msg.key(),
-                        value,
-                        "decode",
-                        "internal",
-                        f"internal error while decoding: {type(exc).__name__}",
-                    )
-                )
+            except Exception as exc:
+                self.dead_letters.append(dead_letter_for(exc, partition, offset, msg.key(), value))
                 by_type["invalid"] += 1
                 continue
             by_type[spec.event_type] += 1

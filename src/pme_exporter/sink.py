@@ -33,9 +33,9 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from pme_exporter.breaker import DeadLetterBreaker
-from pme_exporter.buffers import Batch, DeadLetter, Orphan, TableRows
+from pme_exporter.buffers import Batch, DeadLetter, Orphan, TableRows, dead_letter_for
 from pme_exporter.decode import Decoder
-from pme_exporter.errors import DecodeError, RetryableError, is_retryable, is_row_error
+from pme_exporter.errors import RetryableError, is_retryable, is_row_error
 from pme_exporter.progress import read_stored_offsets
 from pme_exporter.schema import FLUSH_ORDER, PARKED_PARENT_COLUMNS, TableSpec, WriteMode
 from pme_exporter.sqlgen import TableStatements, adopt_parked_statement, staging_table, statements_for
@@ -69,6 +69,18 @@ class FlushReport:
     statements: int = 0  # round trips to PostgreSQL for the tables (COPY, apply, savepoints)
     commit_s: float = 0.0
     total_s: float = 0.0
+
+    @classmethod
+    def of(cls, batch: Batch) -> FlushReport:
+        """A report that starts with what the batch already knows (its events and decode dead letters)."""
+        return cls(
+            events=batch.size,
+            events_by_type=batch.events_by_type,
+            tombstones=batch.tombstones,
+            newest_event_ms=batch.newest_event_ms,
+            dead_letters=list(batch.dead_letters),
+            end_offsets=dict(batch.next_offsets),
+        )
 
 
 class Sink(Protocol):
@@ -237,14 +249,7 @@ class _Attempt:
         self._row_by_row_max = row_by_row_max
         self._cur = conn.cursor()
         self._batch = batch
-        self._report = FlushReport(
-            events=batch.size,
-            events_by_type=batch.events_by_type,
-            tombstones=batch.tombstones,
-            newest_event_ms=batch.newest_event_ms,
-            dead_letters=list(batch.dead_letters),
-            end_offsets=dict(batch.next_offsets),
-        )
+        self._report = FlushReport.of(batch)
         self._topic = topic
         self._decoder = decoder
         self._isolate_rows = isolate_rows
@@ -303,25 +308,10 @@ class _Attempt:
         for table, partition, offset, stored_key, stored_value in self._cur.execute(_ADOPT_PARKED):
             value = bytes(stored_value)
             key = bytes(stored_key) if stored_key is not None else None
-            try:
+            try:  # a parked row decoded once already; it fails only if the contract changed under it
                 _spec, text = self._decoder.decode(value)
-            except DecodeError as exc:  # cannot happen unless the contract changed under a parked row
-                self._report.dead_letters.append(
-                    DeadLetter(partition, offset, key, value, "decode", exc.reason, exc.detail)
-                )
-                continue
-            except Exception as exc:  # a decoder bug must cost one message, never the flush
-                self._report.dead_letters.append(
-                    DeadLetter(
-                        partition,
-                        offset,
-                        key,
-                        value,
-                        "decode",
-                        "internal",
-                        f"internal error while decoding: {type(exc).__name__}",
-                    )
-                )
+            except Exception as exc:
+                self._report.dead_letters.append(dead_letter_for(exc, partition, offset, key, value))
                 continue
             adopted.setdefault(table, []).append((partition, offset, key, value, text))
         return adopted
@@ -398,18 +388,8 @@ class _Attempt:
         results = self._cur.execute(stmts.row_by_row, {"lo": lo, "hi": hi, "topic": self._topic}).fetchall()
         *refused, totals = results
         for seq, state, message, *_ in refused:
-            partition, offset, key, value = rows.sources[seq]
             self._report.dead_letters.append(
-                DeadLetter(
-                    partition,
-                    offset,
-                    key,
-                    value,
-                    "database",
-                    f"sqlstate_{state}",
-                    f"{rows.spec.table}: {message}",
-                    state,
-                )
+                DeadLetter.refused(rows.sources[seq], rows.spec.table, state, message)
             )
         self._account(rows, totals[3:], outcome)
 

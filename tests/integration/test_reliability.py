@@ -39,6 +39,14 @@ def wait_for_log(worker: ExporterProcess, pattern: str, timeout_s: float = 60) -
         time.sleep(0.1)
 
 
+def sigterm_and_time(worker: ExporterProcess) -> tuple[int, float]:
+    """SIGTERM, then the exit code and the seconds the worker took to exit."""
+    worker.proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    code = worker.proc.wait(60)
+    return code, time.monotonic() - sent
+
+
 def test_constraint_drift_trips_the_breaker_instead_of_draining_the_topic(
     stack: Stack, settings: Settings, make_topic: Callable[[int], str], tmp_path: Path, free_port: int
 ) -> None:
@@ -112,10 +120,7 @@ def test_sigterm_during_a_database_outage_exits_within_the_deadline_and_loses_no
         stop_local("postgres")
         second = publish(stack.kafka_url, topic, [(None, k, v) for k, v in trading_day(800, seed=9)][60:])
         wait_for_log(worker, r"Database write failed, retrying")
-        worker.proc.send_signal(signal.SIGTERM)
-        sent = time.monotonic()
-        code = worker.proc.wait(60)
-        took = time.monotonic() - sent
+        code, took = sigterm_and_time(worker)
     finally:
         if worker.proc.poll() is None:
             worker.kill()
@@ -169,10 +174,7 @@ def test_sigterm_during_a_long_isolating_flush_exits_within_the_deadline_and_los
         while not _active_row_by_row(s.conninfo()):
             assert time.monotonic() < until and worker.proc.poll() is None, worker.log_tail()
             time.sleep(0.02)
-        worker.proc.send_signal(signal.SIGTERM)
-        sent = time.monotonic()
-        code = worker.proc.wait(60)
-        took = time.monotonic() - sent
+        code, took = sigterm_and_time(worker)
     finally:
         if worker.proc.poll() is None:
             worker.kill()
