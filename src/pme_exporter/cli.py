@@ -1,4 +1,4 @@
-"""``pme-exporter run | migrate | report | demo``; settings come from the environment.
+"""``pme-exporter run | migrate | report | config | demo``; settings come from the environment.
 
 Exit codes (errors.EXIT_*, README "Configuration"): 0 ok, 2 usage,
 3 configuration (including a database that refuses the connection), 4 database
@@ -14,10 +14,13 @@ import re
 import signal
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Sequence
 from datetime import date
 from types import FrameType
 
+import orjson
 import psycopg
 
 from pme_exporter import __version__, reports
@@ -34,7 +37,7 @@ from pme_exporter.errors import (
     MigrationError,
     Stopped,
 )
-from pme_exporter.settings import Settings
+from pme_exporter.settings import Settings, described, unknown_variables
 
 log = logging.getLogger("pme_exporter")
 
@@ -50,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="consume the ledger topic and keep PostgreSQL in step (the worker)")
     sub.add_parser("migrate", help="apply the SQL migrations in sql/ and exit")
+    sub.add_parser(
+        "config", help="print the effective settings, secrets hidden; exit 3 if any setting is invalid"
+    )
+    sub.add_parser(
+        "healthcheck", help="exit 0 if /healthz on PME_METRICS_PORT answers 200, else 1 (container probes)"
+    )
     demo = sub.add_parser(
         "demo", help="start the local stack, export a generated trading day, print what landed"
     )
@@ -136,6 +145,46 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, str] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(line).decode()
+
+
+def _configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        formatter: logging.Formatter = JsonLogFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level_number)
+
+
+def _healthcheck(port: int) -> int:
+    if port == 0:
+        print("pme-exporter healthcheck: the endpoint is off (PME_METRICS_PORT=0)", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return EXIT_OK if response.status == 200 else EXIT_FAILURE
+    except OSError as exc:
+        print(f"pme-exporter healthcheck: :{port}/healthz did not answer: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
 def _install_signal_handlers(stop: threading.Event) -> None:
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()  # only a flag: the run loop notices it, flushes and exits
@@ -152,9 +201,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pme-exporter: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    logging.basicConfig(
-        level=settings.log_level_number, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
-    )
+    _configure_logging(settings)
+    for name, near in unknown_variables(os.environ):
+        log.warning("Unknown variable %s is ignored%s", name, f"; did you mean {near}?" if near else "")
+    if args.command == "config":
+        for name, value in described(settings):
+            print(f"{name}={value}")
+        return EXIT_OK
+    if args.command == "healthcheck":
+        return _healthcheck(settings.metrics_port)
     try:
         if args.command == "migrate":
             from pme_exporter.migrate import migrate

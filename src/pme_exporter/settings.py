@@ -1,13 +1,16 @@
 """The one settings object, read from the environment at the edge of the program.
 
 Inner classes take explicit keyword arguments and never read the environment.
-Secrets (``DB_PASSWORD``, ``KAFKA_SASL_PASSWORD``, the password inside
-``DATABASE_URL``) never reach ``repr``, a log line or an error message.
+Secrets (``DB_PASSWORD``, ``KAFKA_SASL_PASSWORD``, ``KAFKA_SSL_KEY_PASSWORD``,
+the password inside ``DATABASE_URL``) never reach ``repr``, a log line or an
+error message. Each of the three passwords may instead be read from a file
+named by ``<NAME>_FILE`` (a mounted secret), not both.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +45,7 @@ class Settings:
     kafka_ssl_ca_location: str | None = None
     kafka_ssl_certificate_location: str | None = None
     kafka_ssl_key_location: str | None = None
+    kafka_ssl_key_password: str | None = field(default=None, repr=False)
     db_host: str = "localhost"
     db_port: int = 5432
     db_user: str = "postgres"
@@ -58,6 +62,7 @@ class Settings:
     # A larger message is a dead letter (reason too_large) before it is parsed.
     max_message_bytes: int = 1_048_576
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json", one object a line, for log pipelines
     shutdown_deadline_s: float = 30.0
     ready_max_retry_s: float = 30.0
     # /readyz fails when events have waited this long with no flush committing.
@@ -104,6 +109,7 @@ class Settings:
         )
         _check(self.db_sslmode in _SSLMODES, "DB_SSLMODE", f"must be one of {', '.join(_SSLMODES)}")
         _check(self.log_level in _LOG_LEVELS, "PME_LOG_LEVEL", f"must be one of {', '.join(_LOG_LEVELS)}")
+        _check(self.log_format in ("text", "json"), "PME_LOG_FORMAT", "must be text or json")
         _check(bool(self.kafka_url.strip()), "KAFKA_URL", "must name at least one broker host:port")
         for broker in self.kafka_url.split(","):
             host, sep, port = broker.strip().rpartition(":")
@@ -173,6 +179,7 @@ class Settings:
             "ssl.ca.location": self.kafka_ssl_ca_location,
             "ssl.certificate.location": self.kafka_ssl_certificate_location,
             "ssl.key.location": self.kafka_ssl_key_location,
+            "ssl.key.password": self.kafka_ssl_key_password,
         }
         config.update({k: v for k, v in optional.items() if v is not None})
         return config
@@ -201,6 +208,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Builds settings from environment variables; raises ConfigError naming the bad one."""
         values: dict[str, Any] = {}
+        env = _with_secret_files(env)
         for name, attr, parse in _VARIABLES:
             raw = env.get(name)
             if raw is None or raw == "":
@@ -256,7 +264,66 @@ def _positive_float(raw: str) -> float:
 
 _KIND: dict[Callable[[str], Any], str] = {int: "whole number", _text: "text", _upper: "text"}
 _KIND[_positive_float] = "positive number"
-_SECRET_ATTRS = frozenset({"db_password", "kafka_sasl_password", "database_url"})
+_SECRET_ATTRS = frozenset({"db_password", "kafka_sasl_password", "kafka_ssl_key_password", "database_url"})
+_SECRET_FILES = ("DB_PASSWORD", "KAFKA_SASL_PASSWORD", "KAFKA_SSL_KEY_PASSWORD")
+
+
+def _with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
+    """``env`` with each ``<NAME>_FILE`` secret read into ``<NAME>`` (one trailing newline dropped)."""
+    read: dict[str, str] = {}
+    for name in _SECRET_FILES:
+        path = env.get(f"{name}_FILE")
+        if not path:
+            continue
+        if env.get(name):
+            raise ConfigError(f"{name} and {name}_FILE are both set; set one")
+        try:
+            with open(path, encoding="utf-8") as secret:
+                text = secret.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {why}") from None
+        read[name] = text[:-1] if text.endswith("\n") else text
+    return {**env, **read} if read else env
+
+
+# Read by the project's own tools (deploy/local, the tests), not by the worker.
+_TOOL_VARIABLES = frozenset(
+    {
+        "PME_CACHE_DIR",
+        "PME_STACK_DIR",
+        "PME_KAFKA_PORT",
+        "PME_KAFKA_CONTROLLER_PORT",
+        "PME_KAFKA_HEAP",
+        "PME_PG_PORT",
+        "PME_DB_USER",
+        "PME_DB_PASSWORD",
+        "PME_DB_NAME",
+        "PME_KEEP_STACK",
+        "PME_TEST_STACK",
+    }
+)
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """Variables that look like ours (PME_, KAFKA_, DB_) but are not, each with the nearest known name."""
+    known = {name for name, _ in ENVIRONMENT_VARIABLES} | {f"{n}_FILE" for n in _SECRET_FILES}
+    known |= _TOOL_VARIABLES
+    unknown = sorted(n for n in env if n.startswith(("PME_", "KAFKA_", "DB_")) and n not in known)
+    return [(n, next(iter(difflib.get_close_matches(n, known, n=1, cutoff=0.75)), None)) for n in unknown]
+
+
+def described(settings: Settings) -> list[tuple[str, str]]:
+    """Every variable and its effective value, secrets redacted: for ``pme-exporter config``."""
+    shown = []
+    for name, attr in ENVIRONMENT_VARIABLES:
+        value = getattr(settings, attr)
+        if attr in _SECRET_ATTRS:
+            shown.append((name, "(set, hidden)" if value else "(not set)"))
+        else:
+            shown.append((name, "(not set)" if value is None else str(value)))
+    return shown
+
 
 # (environment variable, Settings attribute, parser); README documents each.
 _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
@@ -272,6 +339,7 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("KAFKA_SSL_CA_LOCATION", "kafka_ssl_ca_location", _text),
     ("KAFKA_SSL_CERTIFICATE_LOCATION", "kafka_ssl_certificate_location", _text),
     ("KAFKA_SSL_KEY_LOCATION", "kafka_ssl_key_location", _text),
+    ("KAFKA_SSL_KEY_PASSWORD", "kafka_ssl_key_password", str),
     ("DB_HOST", "db_host", _text),
     ("DB_PORT", "db_port", int),
     ("DB_USER", "db_user", _text),
@@ -285,6 +353,7 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("PME_METRICS_PORT", "metrics_port", int),
     ("PME_MAX_MESSAGE_BYTES", "max_message_bytes", int),
     ("PME_LOG_LEVEL", "log_level", _upper),
+    ("PME_LOG_FORMAT", "log_format", _text),
     ("PME_SHUTDOWN_DEADLINE_S", "shutdown_deadline_s", _positive_float),
     ("PME_READY_MAX_RETRY_S", "ready_max_retry_s", _positive_float),
     ("PME_READY_MAX_STALL_S", "ready_max_stall_s", _positive_float),

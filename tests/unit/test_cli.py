@@ -3,6 +3,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import orjson
 import pytest
 
 from pme_exporter.cli import main
@@ -80,3 +81,57 @@ def test_report_list_needs_no_database(capsys: pytest.CaptureFixture[str]) -> No
         assert main(["report", "--list"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 10 and "order_book" in out and "[--account, --from/--to]" in out
+
+
+def test_config_prints_every_setting_with_secrets_hidden_and_warns_of_unknown_variables() -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DB_PASSWORD": "hunter2",
+        "PME_FLUSH_INTERVAL": "5",
+        "PME_LOG_FORMAT": "json",
+    }
+    proc = run_cli("config", env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split("=", 1) for line in proc.stdout.splitlines())
+    assert lines["DB_PASSWORD"] == "(set, hidden)" and lines["PME_LOG_FORMAT"] == "json"
+    assert "hunter2" not in proc.stdout + proc.stderr
+    warning = orjson.loads(proc.stderr.splitlines()[0])  # JSON log lines
+    assert warning["level"] == "WARNING" and "did you mean PME_FLUSH_INTERVAL_MS?" in warning["message"]
+
+
+def test_config_with_an_invalid_setting_exits_3() -> None:
+    proc = run_cli("config", env={"PATH": "/usr/bin:/bin", "PME_LOG_FORMAT": "yaml"})
+    assert proc.returncode == EXIT_CONFIG and "PME_LOG_FORMAT" in proc.stderr
+
+
+def test_healthcheck_follows_the_metrics_port() -> None:
+    import http.server
+    import socket
+    import threading
+
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Healthy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        assert (
+            run_cli("healthcheck", env={"PATH": "/usr/bin:/bin", "PME_METRICS_PORT": str(port)}).returncode
+            == 0
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        free = closed.getsockname()[1]
+    down = run_cli("healthcheck", env={"PATH": "/usr/bin:/bin", "PME_METRICS_PORT": str(free)})
+    assert down.returncode == 1 and "did not answer" in down.stderr
+    off = run_cli("healthcheck", env={"PATH": "/usr/bin:/bin", "PME_METRICS_PORT": "0"})
+    assert off.returncode == 1 and "PME_METRICS_PORT=0" in off.stderr

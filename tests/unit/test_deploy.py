@@ -37,6 +37,20 @@ def test_dockerfile_runs_unprivileged_with_exec_form_entrypoint_and_healthcheck(
     assert re.search(r"^USER 10001", text, re.M)
     assert re.search(r'^ENTRYPOINT \["pme-exporter"\]$', text, re.M)  # exec form: SIGTERM reaches the worker
     assert "HEALTHCHECK" in text and "gcc" not in text and "build-essential" not in text
+    # The probe follows PME_METRICS_PORT: no port is written into it.
+    assert re.search(r'^    CMD \["pme-exporter", "healthcheck"\]$', text, re.M)
+
+
+def test_the_build_context_leaves_out_what_the_image_does_not_need() -> None:
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "tests", "bench-results"} <= set(ignored)
+    copied = re.findall(r"^COPY (?!--from)(.+) \S+$", (DEPLOY / "Dockerfile").read_text(), re.M)
+    assert not {path for line in copied for path in line.split()} & set(ignored)
+
+
+def test_compose_probes_the_exporter_through_its_own_healthcheck() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    assert compose["services"]["exporter"]["healthcheck"]["test"] == ["CMD", "pme-exporter", "healthcheck"]
 
 
 def test_yaml_passes_yamllint() -> None:

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from pme_exporter.errors import ConfigError
-from pme_exporter.settings import ENVIRONMENT_VARIABLES, Settings
+from pme_exporter.settings import ENVIRONMENT_VARIABLES, Settings, described, unknown_variables
 
 
 def test_defaults_follow_the_seed_design() -> None:
@@ -46,6 +49,9 @@ def test_environment_overrides_every_documented_variable() -> None:
         ({"DATABASE_URL": "postgresql://u@h/db?sslmode=bogus"}, "DATABASE_URL"),
         ({"DATABASE_URL": "postgresql://u@h/db?connect_timeout=soon"}, "DATABASE_URL"),
         ({"PME_MAX_MESSAGE_BYTES": "100"}, "PME_MAX_MESSAGE_BYTES"),
+        ({"PME_LOG_FORMAT": "xml"}, "PME_LOG_FORMAT"),
+        ({"PME_SHUTDOWN_DEADLINE_S": "nan"}, "PME_SHUTDOWN_DEADLINE_S"),
+        ({"PME_SHUTDOWN_DEADLINE_S": "-3"}, "PME_SHUTDOWN_DEADLINE_S"),
         ({"DB_PORT": "70000"}, "DB_PORT"),
         ({"PME_MAX_BATCH_EVENTS": "0"}, "PME_MAX_BATCH_EVENTS"),
         ({"PME_FLUSH_INTERVAL_MS": "-1"}, "PME_FLUSH_INTERVAL_MS"),
@@ -103,3 +109,68 @@ def test_to_env_builds_the_same_settings_again() -> None:
         {"DB_PASSWORD": "pw", "PME_GROUP_INSTANCE_ID": "pod-1", "PME_MAX_BATCH_EVENTS": "7"}
     )
     assert Settings.from_env(s.to_env()) == s
+
+
+def test_a_secret_can_come_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "db-password"
+    secret.write_text("s3cret pass\n")
+    s = Settings.from_env({"DB_PASSWORD_FILE": str(secret), "KAFKA_SSL_KEY_PASSWORD_FILE": str(secret)})
+    assert s.db_password == "s3cret pass" and s.kafka_ssl_key_password == "s3cret pass"
+    assert s.kafka_config()["ssl.key.password"] == "s3cret pass"
+    assert "s3cret" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        (
+            {"DB_PASSWORD_FILE": "/nonexistent/pw"},
+            "DB_PASSWORD_FILE: cannot read /nonexistent/pw: No such file",
+        ),
+        ({"KAFKA_SASL_PASSWORD_FILE": "/"}, "KAFKA_SASL_PASSWORD_FILE: cannot read /: Is a directory"),
+        (
+            {"DB_PASSWORD": "x", "DB_PASSWORD_FILE": "/etc/hostname"},
+            "DB_PASSWORD and DB_PASSWORD_FILE are both set",
+        ),
+    ],
+)
+def test_a_secret_file_that_cannot_be_used_is_a_clear_config_error(env: dict[str, str], says: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        Settings.from_env(env)
+
+
+def test_a_secret_file_that_is_not_text_is_refused_without_showing_it(tmp_path: Path) -> None:
+    secret = tmp_path / "binary"
+    secret.write_bytes(b"\xff\xfe\x00zz-content-zz")
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"DB_PASSWORD_FILE": str(secret)})
+    assert "not UTF-8 text" in str(info.value) and "zz-content-zz" not in str(info.value)
+
+
+def test_unknown_variables_are_named_with_the_nearest_known_one() -> None:
+    env = {"PME_FLUSH_INTERVAL": "5", "DB_PASWORD": "x", "KAFKA_URL": "k:1", "PME_ZZZ": "1", "HOME": "/root"}
+    assert unknown_variables(env) == [
+        ("DB_PASWORD", "DB_PASSWORD"),
+        ("PME_FLUSH_INTERVAL", "PME_FLUSH_INTERVAL_MS"),
+        ("PME_ZZZ", None),
+    ]
+    assert unknown_variables({"DB_PASSWORD_FILE": "/x"}) == []
+
+
+def test_the_effective_configuration_hides_every_secret() -> None:
+    s = Settings.from_env(
+        {"DB_PASSWORD": "pw1", "KAFKA_SASL_PASSWORD": "pw2", "DATABASE_URL": "postgresql://u:pw3@h/db"}
+    )
+    shown = dict(described(s))
+    assert shown["DB_PASSWORD"] == shown["KAFKA_SASL_PASSWORD"] == shown["DATABASE_URL"] == "(set, hidden)"
+    assert shown["KAFKA_SSL_KEY_PASSWORD"] == "(not set)" and shown["DB_PORT"] == "5432"
+    assert not any(pw in value for value in shown.values() for pw in ("pw1", "pw2", "pw3"))
+    assert [n for n, _ in described(s)] == [n for n, _ in ENVIRONMENT_VARIABLES]
+
+
+def test_the_project_s_own_tool_variables_are_not_unknown() -> None:
+    from tests.stack import REPO
+
+    scripts = "\n".join(p.read_text() for p in (REPO / "deploy" / "local").iterdir() if p.is_file())
+    used = set(re.findall(r"\b(PME_[A-Z_]+)", scripts))
+    assert used and unknown_variables(dict.fromkeys(used, "1")) == []
