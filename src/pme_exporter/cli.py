@@ -204,13 +204,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(settings)
     for name, near in unknown_variables(os.environ):
         log.warning("Unknown variable %s is ignored%s", name, f"; did you mean {near}?" if near else "")
-    if args.command == "config":
-        for name, value in described(settings):
-            print(f"{name}={value}")
-        return EXIT_OK
     if args.command == "healthcheck":
         return _healthcheck(settings.metrics_port)
     try:
+        if args.command in ("config", "run") and settings.kafka_extra:
+            from pme_exporter.consumer import check_kafka_properties
+
+            check_kafka_properties(settings.kafka_config())
+        if args.command == "config":
+            for name, value in described(settings):
+                print(f"{name}={value}")
+            return EXIT_OK
         if args.command == "migrate":
             from pme_exporter.migrate import migrate
 

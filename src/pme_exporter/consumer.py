@@ -20,15 +20,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
 from pme_exporter.breaker import DeadLetterFlood
 from pme_exporter.buffers import Batch
 from pme_exporter.decode import DEFAULT_MAX_MESSAGE_BYTES, Decoder
-from pme_exporter.errors import KafkaFatalError, RetryableError, retry_reason
+from pme_exporter.errors import ConfigError, KafkaFatalError, RetryableError, retry_reason
 from pme_exporter.flusher import Flusher, FlushFailed
 from pme_exporter.metrics import Metrics
 from pme_exporter.progress import CarryPolicy, PartitionProgress
+from pme_exporter.settings import RDKAFKA_PREFIX
 from pme_exporter.sink import Sink
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,18 @@ def consumer_config(base: dict[str, Any]) -> dict[str, Any]:
         "fetch.queue.backoff.ms": 20,
         "fetch.wait.max.ms": 100,
     }
+
+
+def check_kafka_properties(config: dict[str, Any]) -> None:
+    """librdkafka's own judgement of a configuration (names and values), without connecting:
+    a client with no bootstrap servers is built and closed. Raises ConfigError."""
+    probe = {k: v for k, v in consumer_config(config).items() if k != "bootstrap.servers"}
+    try:
+        Consumer(probe).close()
+    except KafkaException as exc:
+        raise ConfigError(
+            f"{RDKAFKA_PREFIX}*: librdkafka refused the settings: {exc.args[0].str()}"
+        ) from None
 
 
 class ConsumerLoop:

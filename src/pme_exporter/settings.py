@@ -79,6 +79,8 @@ class Settings:
     breaker_ratio: float = 0.25
     # A subscribed topic that does not exist for this long is fatal (exit 5).
     topic_wait_s: float = 60.0
+    # librdkafka properties passed through as they are (PME_RDKAFKA_<NAME>); may hold secrets.
+    kafka_extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         _check(self.max_batch_events >= 1, "PME_MAX_BATCH_EVENTS", "must be at least 1")
@@ -182,6 +184,7 @@ class Settings:
             "ssl.key.password": self.kafka_ssl_key_password,
         }
         config.update({k: v for k, v in optional.items() if v is not None})
+        config.update(self.kafka_extra)
         return config
 
     def kafka_admin_config(self) -> dict[str, Any]:
@@ -202,13 +205,14 @@ class Settings:
             name: str(getattr(self, attr))
             for name, attr in ENVIRONMENT_VARIABLES
             if getattr(self, attr) is not None
-        }
+        } | {RDKAFKA_PREFIX + prop.upper().replace(".", "_"): v for prop, v in self.kafka_extra.items()}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Builds settings from environment variables; raises ConfigError naming the bad one."""
         values: dict[str, Any] = {}
         env = _with_secret_files(env)
+        values["kafka_extra"] = _kafka_pass_through(env)
         for name, attr, parse in _VARIABLES:
             raw = env.get(name)
             if raw is None or raw == "":
@@ -305,11 +309,57 @@ _TOOL_VARIABLES = frozenset(
 )
 
 
+RDKAFKA_PREFIX = "PME_RDKAFKA_"
+# Set by the exporter itself (consumer.consumer_config, kafka_config): passing them
+# through would change what the exporter's guarantees rest on.
+_MANAGED_KAFKA = frozenset(
+    {
+        "bootstrap.servers",
+        "group.id",
+        "group.instance.id",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "auto.offset.reset",
+        "partition.assignment.strategy",
+        "error_cb",
+        "logger",
+    }
+)
+_SECRET_WORDS = ("password", "secret", "pem", "oauthbearer.config", "token", "key")
+
+
+def kafka_property(variable: str) -> str:
+    """PME_RDKAFKA_SASL_OAUTHBEARER_CONFIG -> sasl.oauthbearer.config"""
+    return variable[len(RDKAFKA_PREFIX) :].lower().replace("_", ".")
+
+
+def is_secret_kafka_property(name: str) -> bool:
+    return any(word in name for word in _SECRET_WORDS)
+
+
+def _kafka_pass_through(env: Mapping[str, str]) -> dict[str, str]:
+    extra = {}
+    for variable, value in env.items():
+        if not variable.startswith(RDKAFKA_PREFIX):
+            continue
+        name = kafka_property(variable)
+        _check(
+            bool(name) and name.replace(".", "").isalnum(), variable, "does not name a librdkafka property"
+        )
+        _check(name not in _MANAGED_KAFKA, variable, f"{name} is set by the exporter itself")
+        extra[name] = value
+    return extra
+
+
 def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
     """Variables that look like ours (PME_, KAFKA_, DB_) but are not, each with the nearest known name."""
     known = {name for name, _ in ENVIRONMENT_VARIABLES} | {f"{n}_FILE" for n in _SECRET_FILES}
     known |= _TOOL_VARIABLES
-    unknown = sorted(n for n in env if n.startswith(("PME_", "KAFKA_", "DB_")) and n not in known)
+    unknown = sorted(
+        n
+        for n in env
+        if n.startswith(("PME_", "KAFKA_", "DB_")) and n not in known and not n.startswith(RDKAFKA_PREFIX)
+    )
     return [(n, next(iter(difflib.get_close_matches(n, known, n=1, cutoff=0.75)), None)) for n in unknown]
 
 
@@ -322,6 +372,9 @@ def described(settings: Settings) -> list[tuple[str, str]]:
             shown.append((name, "(set, hidden)" if value else "(not set)"))
         else:
             shown.append((name, "(not set)" if value is None else str(value)))
+    for prop, value in sorted(settings.kafka_extra.items()):
+        variable = RDKAFKA_PREFIX + prop.upper().replace(".", "_")
+        shown.append((variable, "(set, hidden)" if is_secret_kafka_property(prop) else value))
     return shown
 
 

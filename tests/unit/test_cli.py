@@ -135,3 +135,19 @@ def test_healthcheck_follows_the_metrics_port() -> None:
     assert down.returncode == 1 and "did not answer" in down.stderr
     off = run_cli("healthcheck", env={"PATH": "/usr/bin:/bin", "PME_METRICS_PORT": "0"})
     assert off.returncode == 1 and "PME_METRICS_PORT=0" in off.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("PME_RDKAFKA_FETCH_MIN_BYTES", "lots", 'Invalid value for configuration property "fetch.min.bytes"'),
+        ("PME_RDKAFKA_NO_SUCH_THING", "1", 'No such configuration property: "no.such.thing"'),
+    ],
+)
+def test_librdkafka_judges_pass_through_properties_before_anything_runs(
+    variable: str, value: str, says: str
+) -> None:
+    for command in ("config", "run"):
+        proc = run_cli(command, env={"PATH": "/usr/bin:/bin", variable: value, "DB_PORT": "1"})
+        assert proc.returncode == EXIT_CONFIG, (command, proc.stderr)
+        assert says in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr

@@ -174,3 +174,34 @@ def test_the_project_s_own_tool_variables_are_not_unknown() -> None:
     scripts = "\n".join(p.read_text() for p in (REPO / "deploy" / "local").iterdir() if p.is_file())
     used = set(re.findall(r"\b(PME_[A-Z_]+)", scripts))
     assert used and unknown_variables(dict.fromkeys(used, "1")) == []
+
+
+def test_librdkafka_properties_pass_through_and_secrets_stay_hidden() -> None:
+    env = {
+        "PME_RDKAFKA_SASL_OAUTHBEARER_CONFIG": "principal=pme secret=oauth-pw",
+        "PME_RDKAFKA_FETCH_MIN_BYTES": "1024",
+        "PME_RDKAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM": "https",
+    }
+    s = Settings.from_env(env)
+    config = s.kafka_config()
+    assert config["sasl.oauthbearer.config"] == "principal=pme secret=oauth-pw"
+    assert config["fetch.min.bytes"] == "1024" and config["ssl.endpoint.identification.algorithm"] == "https"
+    shown = dict(described(s))
+    assert shown["PME_RDKAFKA_SASL_OAUTHBEARER_CONFIG"] == "(set, hidden)"
+    assert shown["PME_RDKAFKA_FETCH_MIN_BYTES"] == "1024"
+    assert "oauth-pw" not in repr(s) and unknown_variables(env) == []
+    assert Settings.from_env(s.to_env()) == s
+
+
+@pytest.mark.parametrize(
+    ("variable", "says"),
+    [
+        ("PME_RDKAFKA_ENABLE_AUTO_COMMIT", "enable.auto.commit is set by the exporter itself"),
+        ("PME_RDKAFKA_GROUP_ID", "group.id is set by the exporter itself"),
+        ("PME_RDKAFKA_", "does not name a librdkafka property"),
+        ("PME_RDKAFKA_FETCH-MIN", "does not name a librdkafka property"),
+    ],
+)
+def test_pass_through_cannot_change_what_the_exporter_sets_or_name_nothing(variable: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"{variable}: {says}")):
+        Settings.from_env({variable: "x"})
