@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint unit integration stack-up stack-down bench clean
+.PHONY: install tools demo test lint unit integration stack-up stack-down bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,14 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks deploy
 	$(BIN)/mypy
 
-test: lint
+# promtool, for the alert rules' unit tests (Debian's prometheus package).
+tools:
+	deploy/local/tools
+
+test: lint tools
 	$(BIN)/pytest
 
-unit: install
+unit: install tools
 	$(BIN)/pytest tests/unit
 
 integration: install

@@ -11,13 +11,13 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import psycopg
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaException
 from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import conninfo_to_dict
 
 from pme_exporter.breaker import DeadLetterBreaker
-from pme_exporter.consumer import ConsumerLoop, KafkaErrorPolicy, consumer_config
-from pme_exporter.errors import ConfigError, Stopped, is_retryable, retry_reason
+from pme_exporter.consumer import KAFKA_LOG, ConsumerLoop, KafkaErrorPolicy, consumer_config
+from pme_exporter.errors import ConfigError, KafkaFatalError, Stopped, is_retryable, retry_reason
 from pme_exporter.flusher import Flusher
 from pme_exporter.metrics import HealthServer, Metrics
 from pme_exporter.migrate import migrate
@@ -27,7 +27,6 @@ from pme_exporter.sink import FlushReport, PostgresSink, count_outcomes
 log = logging.getLogger("pme_exporter")
 T = TypeVar("T")
 
-STARTUP_DB_WAIT_S = 60.0
 # A server that answers but refuses us (wrong password, no such database) is a
 # configuration fault; this short grace covers the refusals of a server that is
 # starting up or shutting down, which look the same from here.
@@ -90,8 +89,29 @@ def _interruptible(work: Callable[[], T], stop: threading.Event) -> T:
     return outcome[0]
 
 
+def wait_for_kafka(settings: Settings, stop: threading.Event) -> None:
+    """Returns once a broker answers a metadata request; after PME_KAFKA_STARTUP_WAIT_S raises
+    KafkaFatalError naming the cause, and Stopped when ``stop`` is set meanwhile."""
+    admin = AdminClient(settings.kafka_admin_config(logger=KAFKA_LOG))
+    started = time.monotonic()
+    while True:
+        try:
+            _interruptible(lambda: admin.list_topics(timeout=5.0), stop)
+            return
+        except KafkaException as exc:
+            cause = exc.args[0].str() if exc.args else str(exc)
+            waited = time.monotonic() - started
+            if waited >= settings.kafka_startup_wait_s:
+                raise KafkaFatalError(
+                    f"no Kafka broker at {settings.kafka_url} answered for {waited:.0f}s: {cause}"
+                ) from None
+            KAFKA_LOG.warning("[DB-EXPORTER] Kafka not reachable yet, retrying: %s", cause)
+        if stop.wait(1.0):
+            raise Stopped("stopped while waiting for Kafka")
+
+
 def migrate_with_retry(settings: Settings, stop: threading.Event) -> list[str]:
-    """Applies migrations, waiting up to STARTUP_DB_WAIT_S for an unreachable database.
+    """Applies migrations, waiting up to PME_DB_STARTUP_WAIT_S for an unreachable database.
 
     Raises ConfigError at once (after REFUSED_GRACE_S) when the server answers
     but refuses the connection, psycopg's error when the wait runs out, and
@@ -118,7 +138,7 @@ def migrate_with_retry(settings: Settings, stop: threading.Event) -> list[str]:
                     raise ConfigError(f"the database refused the connection: {cause}") from exc
             else:
                 refused_since = None
-                if now - started >= STARTUP_DB_WAIT_S:
+                if now - started >= settings.db_startup_wait_s:
                     raise
                 if now - logged_at >= _LOG_EVERY_S:
                     logged_at = now
@@ -189,6 +209,7 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
     log.info("[DB-EXPORTER] Database: %s", settings.db_target())
     applied = migrate_with_retry(settings, stop)
     log.info("[DB-EXPORTER] Database schema ready (%d migrations applied now)", len(applied))
+    wait_for_kafka(settings, stop)
 
     sink = PostgresSink(
         conninfo=settings.conninfo(),
@@ -241,6 +262,10 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         max_message_bytes=settings.max_message_bytes,
         kafka_errors=kafka_errors,
     )
+    metrics.flush_retrying_seconds.set_function(
+        lambda: 0.0 if flusher.retrying_since is None else time.monotonic() - flusher.retrying_since
+    )
+    metrics.halted.set_function(lambda: 0.0 if loop.halted is None else 1.0)
     health = None
     if settings.metrics_port:
         try:
@@ -248,7 +273,7 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
                 metrics,
                 port=settings.metrics_port,
                 ready=Readiness(
-                    admin=AdminClient(settings.kafka_admin_config()),
+                    admin=AdminClient(settings.kafka_admin_config(logger=KAFKA_LOG)),
                     sink=sink,
                     flusher=flusher,
                     loop=loop,

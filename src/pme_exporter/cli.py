@@ -37,11 +37,13 @@ from pme_exporter.errors import (
     MigrationError,
     Stopped,
 )
+from pme_exporter.quietlog import RateLimit
 from pme_exporter.settings import Settings, described, unknown_variables
 
 log = logging.getLogger("pme_exporter")
 
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+KAFKA_LOG_INTERVAL_S = 60.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -171,6 +173,8 @@ def _configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level_number)
+    # A broker that is away makes librdkafka repeat itself many times a second.
+    logging.getLogger("pme_exporter.kafka").addFilter(RateLimit(KAFKA_LOG_INTERVAL_S))
 
 
 def _healthcheck(port: int) -> int:

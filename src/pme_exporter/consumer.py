@@ -33,6 +33,8 @@ from pme_exporter.settings import RDKAFKA_PREFIX
 from pme_exporter.sink import Sink
 
 log = logging.getLogger(__name__)
+# librdkafka's own log lines (its `logger` setting) and client errors: rate-limited (app.py).
+KAFKA_LOG = logging.getLogger("pme_exporter.kafka")
 
 _POLL_TIMEOUT_S = 0.1
 _MAX_POLL_MESSAGES = 5_000
@@ -81,6 +83,8 @@ class KafkaErrorPolicy:
 
     def on_error(self, err: KafkaError) -> None:
         self._metrics.kafka_errors.labels(err.name()).inc()
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._metrics.kafka_up.set(0)
         if err.fatal() or err.code() in _FATAL_CODES:
             self._fatal = f"{err.name()}: {err.str()}"
         elif err.code() in _TOPIC_MISSING_CODES:
@@ -88,10 +92,11 @@ class KafkaErrorPolicy:
                 self._topic_missing_since = self._clock()
                 log.warning("[DB-EXPORTER] Kafka: the topic is missing (%s); waiting for it", err.str())
         else:
-            log.warning("[DB-EXPORTER] Kafka client error: %s", err)
+            KAFKA_LOG.warning("[DB-EXPORTER] Kafka client error: %s", err.str())
 
     def topic_seen(self) -> None:
         self._topic_missing_since = None
+        self._metrics.kafka_up.set(1)
 
     def raise_if_fatal(self) -> None:
         if self._fatal is not None:
@@ -118,6 +123,7 @@ def consumer_config(base: dict[str, Any]) -> dict[str, Any]:
         "queued.max.messages.kbytes": 8_192,
         "fetch.queue.backoff.ms": 20,
         "fetch.wait.max.ms": 100,
+        "logger": KAFKA_LOG,
     }
 
 

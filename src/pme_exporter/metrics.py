@@ -6,12 +6,30 @@ Each ``Metrics`` owns its registry, so tests can run several side by side.
 
 from __future__ import annotations
 
+import platform
 import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+import confluent_kafka
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    make_wsgi_app,
+)
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from pme_exporter import __version__
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse
 
 from pme_exporter.sink import OUTCOMES, FlushReport
 
@@ -87,6 +105,29 @@ class Metrics:
         self.parked_children = Gauge(
             "pme_exporter_parked_children", "Children waiting for their parent row", registry=r
         )
+        # State gauges: they drop to 0 the moment a condition ends, so alerts resolve at once.
+        self.flush_retrying_seconds = Gauge(
+            "pme_exporter_flush_retrying_seconds",
+            "How long the current flush has been failing and retrying (0 when it is not)",
+            registry=r,
+        )
+        self.halted = Gauge(
+            "pme_exporter_halted", "1 while the dead-letter breaker holds the worker halted", registry=r
+        )
+        self.kafka_up = Gauge(
+            "pme_exporter_kafka_up", "0 while the Kafka client reports every broker down", registry=r
+        )
+        self.kafka_up.set(1)
+        Info("pme_exporter_build", "Versions this worker runs", registry=r).info(
+            {
+                "version": __version__,
+                "python": platform.python_version(),
+                "librdkafka": confluent_kafka.libversion()[0],
+            }
+        )
+        # The process, platform and garbage-collector figures prometheus-client offers.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
 
     def record_flush(self, report: FlushReport, now_s: float) -> None:
         for event_type, n in report.events_by_type.items():
@@ -115,7 +156,9 @@ class Metrics:
 
 
 class HealthServer:
-    """Serves the registry and the two probes on a background thread."""
+    """Serves ``/metrics`` (prometheus-client's own exposition: gzip, OpenMetrics negotiation,
+    ``name[]`` filters), ``/healthz`` and ``/readyz`` on one port, on background threads.
+    ``HEAD`` answers like ``GET`` without a body."""
 
     def __init__(
         self,
@@ -125,34 +168,24 @@ class HealthServer:
         ready: Callable[[], tuple[bool, str]],
         host: str = "0.0.0.0",  # noqa: S104 - the kubelet and Prometheus reach probes from outside
     ) -> None:
-        registry = metrics.registry
+        exposition = make_wsgi_app(metrics.registry)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
-                    self._send(200, b"ok\n")
-                elif path == "/readyz":
-                    ok, why = ready()
-                    self._send(200 if ok else 503, (why + "\n").encode())
-                else:
-                    self._send(404, b"not found\n")
+        def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "/")
+            head = environ.get("REQUEST_METHOD") == "HEAD"
+            if path == "/metrics":
+                # prometheus-client serves GET only; HEAD is the same answer without its body.
+                body: Iterable[bytes] = exposition({**environ, "REQUEST_METHOD": "GET"}, start_response)
+            elif path == "/healthz":
+                body = _plain(start_response, "200 OK", "ok")
+            elif path == "/readyz":
+                ok, why = ready()
+                body = _plain(start_response, "200 OK" if ok else "503 Service Unavailable", why)
+            else:
+                body = _plain(start_response, "404 Not Found", "not found")
+            return [] if head else body
 
-            def _send(
-                self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
-            ) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:  # scrapes are not news
-                return
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="pme-health", daemon=True)
@@ -163,3 +196,16 @@ class HealthServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+        return
+
+
+def _plain(start_response: StartResponse, status: str, text: str) -> list[bytes]:
+    body = (text + "\n").encode()
+    start_response(
+        status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    )
+    return [body]

@@ -79,6 +79,10 @@ class Settings:
     breaker_ratio: float = 0.25
     # A subscribed topic that does not exist for this long is fatal (exit 5).
     topic_wait_s: float = 60.0
+    # At start-up, how long to wait for a Kafka broker to answer before exit 5,
+    # and for an unreachable database before exit 4.
+    kafka_startup_wait_s: float = 60.0
+    db_startup_wait_s: float = 60.0
     # librdkafka properties passed through as they are (PME_RDKAFKA_<NAME>); may hold secrets.
     kafka_extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -187,10 +191,11 @@ class Settings:
         config.update(self.kafka_extra)
         return config
 
-    def kafka_admin_config(self) -> dict[str, Any]:
-        """The same connection settings without the consumer-group ones, for probes."""
+    def kafka_admin_config(self, **extra: Any) -> dict[str, Any]:
+        """The same connection settings without the consumer-group ones, for probes; plus ``extra``
+        (``logger=...``, a keyword since librdkafka's names hold dots only)."""
         group_only = ("group.id", "group.instance.id", "session.timeout.ms")
-        return {k: v for k, v in self.kafka_config().items() if k not in group_only}
+        return {k: v for k, v in self.kafka_config().items() if k not in group_only} | extra
 
     @property
     def log_level_number(self) -> int:
@@ -414,6 +419,8 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("PME_BREAKER_WINDOW", "breaker_window", int),
     ("PME_BREAKER_RATIO", "breaker_ratio", _positive_float),
     ("PME_TOPIC_WAIT_S", "topic_wait_s", _positive_float),
+    ("PME_KAFKA_STARTUP_WAIT_S", "kafka_startup_wait_s", _positive_float),
+    ("PME_DB_STARTUP_WAIT_S", "db_startup_wait_s", _positive_float),
     ("PME_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", "db_idle_in_transaction_timeout_ms", int),
 )
 _KIND[str] = "text"

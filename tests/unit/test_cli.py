@@ -151,3 +151,23 @@ def test_librdkafka_judges_pass_through_properties_before_anything_runs(
         proc = run_cli(command, env={"PATH": "/usr/bin:/bin", variable: value, "DB_PORT": "1"})
         assert proc.returncode == EXIT_CONFIG, (command, proc.stderr)
         assert says in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_json_log_lines_carry_time_level_logger_message_and_exception() -> None:
+    import logging
+
+    from pme_exporter.cli import JsonLogFormatter
+
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "pme_exporter", logging.ERROR, __file__, 1, 'a "quoted" %s', ("value",), exc_info
+    )
+    line = orjson.loads(JsonLogFormatter().format(record))
+    assert line["level"] == "ERROR" and line["logger"] == "pme_exporter"
+    assert line["message"] == 'a "quoted" value' and "ValueError: boom" in line["exception"]
+    assert line["time"].endswith("Z") and len(line["time"]) == len("2026-11-27T14:00:00.000Z")

@@ -94,7 +94,7 @@ def _exposed_metric_names() -> set[str]:
     metrics = Metrics()
     names = set()
     for family in metrics.registry.collect():
-        for suffix in ("", "_total", "_bucket", "_count", "_sum", "_created"):
+        for suffix in ("", "_total", "_bucket", "_count", "_sum", "_created", "_info"):
             names.add(family.name + suffix)
     return names
 
@@ -138,3 +138,14 @@ def test_cluster_id_script_prints_one_id() -> None:
     proc = run(sys.executable, str(DEPLOY / "local" / "cluster_id.py"))
     assert proc.returncode == 0, proc.stderr
     assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{21}\n", proc.stdout), proc.stdout
+
+
+def test_dashboard_chooses_its_datasource_and_instances() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "pme-exporter.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["instance"]["includeAll"]
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        for target in panel["targets"]:
+            selectors = re.findall(r"pme_exporter_\w+(\{[^}]*\})?", target["expr"])
+            assert selectors and all('instance=~"$instance"' in s for s in selectors), target["expr"]
