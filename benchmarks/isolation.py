@@ -22,10 +22,9 @@ from pathlib import Path
 import orjson
 import psycopg
 
-from pme_exporter.buffers import Batch
+from pme_exporter.buffers import Batch, InMemoryMessage
 from pme_exporter.decode import Decoder
 from pme_exporter.devtools.databases import create_database
-from pme_exporter.devtools.generator import InMemoryMessage
 from pme_exporter.devtools.stack import servers_env
 from pme_exporter.migrate import migrate
 from pme_exporter.settings import Settings

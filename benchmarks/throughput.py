@@ -33,11 +33,11 @@ import confluent_kafka
 import psycopg
 from confluent_kafka import Consumer, Producer
 
-from pme_exporter.buffers import Batch
+from pme_exporter.buffers import Batch, InMemoryMessage
 from pme_exporter.consumer import consumer_config
 from pme_exporter.decode import Decoder
 from pme_exporter.devtools.databases import create_database
-from pme_exporter.devtools.generator import InMemoryMessage, create_topic, publish, trading_day
+from pme_exporter.devtools.generator import create_topic, publish, trading_day
 from pme_exporter.devtools.stack import exporter_env as worker_env
 from pme_exporter.devtools.stack import servers_env
 from pme_exporter.migrate import migrate

@@ -20,8 +20,7 @@ from typing import Any
 import orjson
 from confluent_kafka import TopicPartition
 
-from pme_exporter.buffers import Batch, DeadLetter, Orphan
-from pme_exporter.devtools.generator import InMemoryMessage
+from pme_exporter.buffers import Batch, DeadLetter, InMemoryMessage, Orphan
 from pme_exporter.schema import BY_TABLE, FLUSH_ORDER, Column, Kind, TableSpec
 from pme_exporter.sink import FlushReport, TableOutcome
 from tests.model import Tables, apply_events

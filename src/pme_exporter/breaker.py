@@ -13,7 +13,9 @@ this batch included; the batch then rolls back, so its offsets stay where they
 were. After the batch commits the sink calls ``record`` with the same figures
 (a retried attempt is checked again but recorded once).
 Before ``window`` messages were seen, the threshold is ``ratio * window``
-dead letters, so at most a window's worth are ever committed before a trip.
+dead letters. So no batch is committed that would make the newest batches
+covering a window hold more than ``ratio`` of their messages (at least
+``ratio * window``) in dead letters of one reason; a clean batch adds none.
 ``ratio`` 1 turns the breaker off. Called from one thread.
 """
 

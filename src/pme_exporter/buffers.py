@@ -13,7 +13,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from pme_exporter.decode import Decoder
 from pme_exporter.errors import DecodeError
@@ -29,6 +29,36 @@ class Message(Protocol):
     def partition(self) -> int: ...
     def offset(self) -> int: ...
     def timestamp(self) -> tuple[int, int]: ...
+
+
+@dataclass(frozen=True)
+class InMemoryMessage:
+    """A Kafka message held in memory, read the way the consumer reads ``confluent_kafka.Message``."""
+
+    _value: bytes | None
+    _partition: int = 0
+    _offset: int = 0
+    _key: bytes | None = None
+    _timestamp_ms: int = 0
+    _error: Any = None
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._timestamp_ms)
+
+    def error(self) -> Any:
+        return self._error
 
 
 # (partition, offset, key, value) of the message behind a staged row, kept so a

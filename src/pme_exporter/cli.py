@@ -1,13 +1,16 @@
-"""``pme-exporter run | migrate | report | config | demo``; settings come from the environment.
+"""``pme-exporter run | migrate | report | status | dead-letters | config | healthcheck | demo``.
 
 Exit codes (errors.EXIT_*, README "Configuration"): 0 ok, 2 usage,
 3 configuration (including a database that refuses the connection), 4 database
-unreachable, 5 Kafka refused the worker, 6 migration, 1 anything else.
+unreachable, 5 Kafka refused the worker, 6 migration, 7 status over a threshold,
+1 anything else.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import re
@@ -31,6 +34,7 @@ from pme_exporter.errors import (
     EXIT_KAFKA,
     EXIT_MIGRATION,
     EXIT_OK,
+    EXIT_THRESHOLD,
     EXIT_USAGE,
     ConfigError,
     KafkaFatalError,
@@ -61,6 +65,30 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "healthcheck", help="exit 0 if /healthz on PME_METRICS_PORT answers 200, else 1 (container probes)"
     )
+    status = sub.add_parser(
+        "status", help="per partition: Kafka's end, the exported and the committed offset, lag; dead letters"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument(
+        "--max-lag", type=_whole, help=f"exit {EXIT_THRESHOLD} if more messages than this wait"
+    )
+    status.add_argument(
+        "--max-dead-letters",
+        type=_whole,
+        help=f"exit {EXIT_THRESHOLD} if there are more dead letters than this",
+    )
+    dead = sub.add_parser("dead-letters", help="list, show or redrive dead letters")
+    dead_sub = dead.add_subparsers(dest="action", required=True)
+    for action in ("list", "redrive"):
+        chosen = dead_sub.add_parser(action, help=f"{action} the dead letters the filters select")
+        chosen.add_argument("--stage", choices=("decode", "database"))
+        chosen.add_argument("--reason", help="e.g. invalid_json or sqlstate_22001")
+        chosen.add_argument("--table", help="database refusals of this table")
+        chosen.add_argument("--older-than", type=_duration, help="e.g. 30m, 12h, 7d")
+        chosen.add_argument("--limit", type=_positive_int)
+        chosen.add_argument("--json", action="store_true", help="print JSON")
+    show = dead_sub.add_parser("show", help="one dead letter in full; the raw value as text or hex")
+    show.add_argument("id", type=_positive_int)
     demo = sub.add_parser(
         "demo", help="start the local stack, export a generated trading day, print what landed"
     )
@@ -86,6 +114,27 @@ def _parser() -> argparse.ArgumentParser:
         help="time zone for days and months, e.g. Asia/Jakarta (default: the server's)",
     )
     return parser
+
+
+def _whole(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+_DURATION = re.compile(r"([0-9]+)([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(raw: str) -> float:
+    found = _DURATION.fullmatch(raw.strip())
+    if not found:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a duration such as 90s, 30m, 12h or 7d")
+    return int(found.group(1)) * _UNIT_S[found.group(2)]
 
 
 def _iso_date(raw: str) -> date:
@@ -177,6 +226,85 @@ def _configure_logging(settings: Settings) -> None:
     logging.getLogger("pme_exporter.kafka").addFilter(RateLimit(KAFKA_LOG_INTERVAL_S))
 
 
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from pme_exporter.operations import read_status
+
+    status = read_status(settings)
+    if args.json:
+        print(
+            json.dumps(
+                dataclasses.asdict(status) | {"lag_messages": status.lag_messages}, default=str, indent=2
+            )
+        )
+    else:
+        print(f"topic {status.topic}, group {status.group}, last flush {status.last_flush or 'never'}")
+        print(f"{'partition':>9} {'end':>12} {'exported':>12} {'committed':>12} {'lag':>10} {'lag s':>8}")
+        for p in status.partitions:
+            print(
+                f"{p.partition:>9} {p.end_offset:>12} {_or_dash(p.exported_offset):>12}"
+                f" {_or_dash(p.committed_offset):>12} {p.lag_messages:>10} {p.lag_seconds:>8.1f}"
+            )
+        print(
+            f"dead letters: {status.dead_letter_count}"
+            + "".join(f"\n  {k}: {n}" for k, n in status.dead_letters.items())
+        )
+        print(f"parked children: {status.parked_children}")
+    over = []
+    if args.max_lag is not None and status.lag_messages > args.max_lag:
+        over.append(f"lag {status.lag_messages} > {args.max_lag}")
+    if args.max_dead_letters is not None and status.dead_letter_count > args.max_dead_letters:
+        over.append(f"dead letters {status.dead_letter_count} > {args.max_dead_letters}")
+    if over:
+        print(f"pme-exporter status: over the threshold: {', '.join(over)}", file=sys.stderr)
+        return EXIT_THRESHOLD
+    return EXIT_OK
+
+
+def _or_dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
+    from pme_exporter import operations
+
+    if args.action == "show":
+        with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+            letter = operations.show_dead_letter(conn, args.id)
+        if letter is None:
+            print(f"pme-exporter dead-letters: no dead letter {args.id}", file=sys.stderr)
+            return EXIT_USAGE
+        for name in (
+            "id",
+            "topic",
+            "partition",
+            "offset",
+            "stage",
+            "reason",
+            "sqlstate",
+            "error",
+            "created_at",
+        ):
+            print(f"{name}: {letter[name]}")
+        print(f"key: {operations.readable(letter['msg_key'])}")
+        print(f"value:\n{operations.readable(letter['msg_value'])}")
+        return EXIT_OK
+    chosen = operations.DeadLetterFilter(args.stage, args.reason, args.table, args.older_than, args.limit)
+    if args.action == "list":
+        with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+            rows = operations.list_dead_letters(conn, settings.kafka_topic, chosen)
+    else:
+        rows = [dataclasses.asdict(r) for r in operations.redrive(settings, chosen)]
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+    else:
+        for row in rows:
+            print("  ".join(f"{k}={v}" for k, v in row.items()))
+        if args.action == "redrive":
+            landed = sum(1 for r in rows if r["landed"])
+            print(f"{landed} landed, {len(rows) - landed} still refused")
+    return EXIT_OK
+
+
 def _healthcheck(port: int) -> int:
     if port == 0:
         print("pme-exporter healthcheck: the endpoint is off (PME_METRICS_PORT=0)", file=sys.stderr)
@@ -227,6 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "report":
             return _report(args, settings, parser)
+        if args.command == "status":
+            return _status(args, settings)
+        if args.command == "dead-letters":
+            return _dead_letters(args, settings)
         if args.command == "demo":
             from pme_exporter.devtools.demo import run_demo
 

@@ -29,6 +29,14 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         ["report", "trades_by_date", "--from", "2025-13-01"],
         ["report", "trades_by_date", "--to", "20251128"],
         ["report", "order_book", "--limit", "0"],
+        ["status", "--max-lag", "-1"],
+        ["status", "--max-dead-letters", "many"],
+        ["dead-letters"],
+        ["dead-letters", "show", "0"],
+        ["dead-letters", "show", "x"],
+        ["dead-letters", "list", "--older-than", "5 weeks"],
+        ["dead-letters", "list", "--stage", "somewhere"],
+        ["dead-letters", "redrive", "--limit", "-3"],
     ],
 )
 def test_bad_arguments_exit_with_usage(args: list[str]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -239,36 +238,6 @@ def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
 Outgoing = tuple[int | None, bytes | None, bytes | None]
 # (partition, offset, value) of a message the broker stored; value None is a tombstone.
 Located = tuple[int, int, bytes | None]
-
-
-@dataclass(frozen=True)
-class InMemoryMessage:
-    """A Kafka message held in memory, read the way the consumer reads ``confluent_kafka.Message``."""
-
-    _value: bytes | None
-    _partition: int = 0
-    _offset: int = 0
-    _key: bytes | None = None
-    _timestamp_ms: int = 0
-    _error: Any = None
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, self._timestamp_ms)
-
-    def error(self) -> Any:
-        return self._error
 
 
 def publish(

@@ -1,0 +1,150 @@
+"""Operator commands on the real stack: status, and dead letters listed, shown and redriven."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import psycopg
+import pytest
+
+from pme_exporter import cli
+from pme_exporter.devtools.generator import ends_of, publish, trading_day
+from pme_exporter.errors import EXIT_OK, EXIT_THRESHOLD
+from pme_exporter.settings import Settings
+from tests.helpers import ExporterProcess, ExporterThread, scrape, wait_exported
+from tests.stack import Stack
+
+
+def run(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str]:
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    code = cli.main(list(args))
+    return code, capsys.readouterr().out
+
+
+def test_status_matches_the_metrics_and_the_group_and_flags_lag(
+    stack: Stack,
+    settings: Settings,
+    make_topic: Callable[[int], str],
+    tmp_path: Path,
+    free_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    topic = make_topic(3)
+    s = settings.replace(kafka_topic=topic, kafka_group_id=topic, metrics_port=free_port)
+    located = publish(
+        stack.kafka_url, topic, [(None, k, v) for k, v in trading_day(300, seed=6, invalid=True)]
+    )
+    worker = ExporterProcess(s, tmp_path / "exporter.log")
+    try:
+        wait_exported(s.conninfo(), topic, ends_of(located))
+        code, out = run(s.replace(metrics_port=0), monkeypatch, capsys, "status", "--json")
+        status = json.loads(out)
+        deadline = time.monotonic() + 30
+        while True:  # the worker reports lag once a second, per partition it holds
+            metrics = scrape(free_port)
+            reported = {
+                dict(labels).get("partition") for name, labels in metrics if name.endswith("lag_messages")
+            }
+            if reported >= {"0", "1", "2"} or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        assert worker.terminate() == 0
+    assert code == EXIT_OK
+    ends = ends_of(located)
+    for p in status["partitions"]:
+        assert p["end_offset"] == p["exported_offset"] == ends[p["partition"]] and p["lag_messages"] == 0
+        assert metrics[("pme_exporter_consumer_lag_messages", (("partition", str(p["partition"])),))] == 0
+    with psycopg.connect(s.conninfo()) as conn:
+        dead: dict[str, int] = dict(
+            conn.execute(
+                "SELECT stage || '/' || reason, count(*) FROM exporter_dead_letters GROUP BY 1"
+            ).fetchall()
+        )
+    assert status["dead_letters"] == dead and sum(dead.values()) == 6
+    # The worker stopped; more events arrive: the lag is theirs, and the thresholds say so.
+    more = publish(stack.kafka_url, topic, [(p, None, orjson.dumps({"x": p})) for p in (0, 0, 1)])
+    code, out = run(s.replace(metrics_port=0), monkeypatch, capsys, "status", "--json", "--max-lag", "2")
+    status = json.loads(out)
+    assert code == EXIT_THRESHOLD and status["lag_messages"] == len(more) == 3
+    lag = {
+        p["partition"]: (p["lag_messages"], p["committed_offset"], p["lag_seconds"])
+        for p in status["partitions"]
+    }
+    assert lag[0][0] == 2 and lag[1][0] == 1 and lag[2][0] == 0
+    assert lag[0][1] == ends[0] and lag[0][2] > 0  # the group committed what was exported
+    code, _ = run(
+        s.replace(metrics_port=0), monkeypatch, capsys, "status", "--max-lag", "3", "--max-dead-letters", "6"
+    )
+    assert code == EXIT_OK
+
+
+def test_dead_letters_from_a_too_narrow_column_land_once_it_is_widened_and_the_invalid_ones_stay(
+    stack: Stack,
+    settings: Settings,
+    make_topic: Callable[[int], str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    topic = make_topic(1)
+    s = settings.replace(kafka_topic=topic, kafka_group_id=topic, breaker_ratio=1.0)
+    with psycopg.connect(s.conninfo(), autocommit=True) as conn:
+        conn.execute("ALTER TABLE participants ALTER COLUMN name TYPE VARCHAR(5)")  # too narrow
+    ts = "2025-11-29T09:00:00Z"
+    events = [
+        orjson.dumps({"type": "Participant", "ts": ts, "data": {"code": f"P{i}", "name": f"Broker {i}"}})
+        for i in range(4)
+    ]
+    events += [b"{not json", b"\xff\xfe not utf-8"]
+    located = publish(stack.kafka_url, topic, [(0, None, v) for v in events])
+    with ExporterThread(s):
+        wait_exported(s.conninfo(), topic, ends_of(located))
+    code, out = run(s, monkeypatch, capsys, "dead-letters", "list", "--json")
+    listed = json.loads(out)
+    assert (
+        code == EXIT_OK
+        and sorted(d["reason"] for d in listed) == ["invalid_json"] * 2 + ["sqlstate_22001"] * 4
+    )
+    code, out = run(
+        s,
+        monkeypatch,
+        capsys,
+        "dead-letters",
+        "list",
+        "--json",
+        "--reason",
+        "sqlstate_22001",
+        "--table",
+        "participants",
+    )
+    assert len(json.loads(out)) == 4
+    binary = next(d["id"] for d in listed if d["offset"] == 5)
+    code, out = run(s, monkeypatch, capsys, "dead-letters", "show", str(binary))
+    assert code == EXIT_OK and "(not UTF-8; hex)" in out and "ff fe 20 6e 6f 74" in out
+    with psycopg.connect(s.conninfo(), autocommit=True) as conn:
+        conn.execute("ALTER TABLE participants ALTER COLUMN name TYPE VARCHAR(200)")  # fixed
+    code, out = run(s, monkeypatch, capsys, "dead-letters", "redrive", "--json")
+    redriven = json.loads(out)
+    assert code == EXIT_OK
+    assert sorted((r["offset"], r["landed"], r["reason"]) for r in redriven) == [
+        (0, True, ""),
+        (1, True, ""),
+        (2, True, ""),
+        (3, True, ""),
+        (4, False, "invalid_json"),
+        (5, False, "invalid_json"),
+    ]
+    with psycopg.connect(s.conninfo()) as conn:
+        names = [r[0] for r in conn.execute("SELECT name FROM participants ORDER BY code")]
+        left = conn.execute('SELECT "offset", reason FROM exporter_dead_letters ORDER BY 1').fetchall()
+    assert names == [f"Broker {i}" for i in range(4)] and left == [(4, "invalid_json"), (5, "invalid_json")]
+    code, out = run(s, monkeypatch, capsys, "dead-letters", "redrive", "--json", "--stage", "database")
+    assert json.loads(out) == []  # nothing of the kind is left
