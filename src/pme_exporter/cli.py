@@ -3,7 +3,7 @@
 Exit codes (errors.EXIT_*, README "Configuration"): 0 ok, 2 usage,
 3 configuration (including a database that refuses the connection), 4 database
 unreachable, 5 Kafka refused the worker, 6 migration, 7 status over a threshold,
-1 anything else.
+8 replay refused (workers active, or not confirmed), 1 anything else.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
-from datetime import date
+from datetime import date, datetime
 from types import FrameType
 
 import orjson
 import psycopg
 
 from pme_exporter import __version__, reports
+from pme_exporter.decode import TIMESTAMP_TEXT
 from pme_exporter.errors import (
     EXIT_CONFIG,
     EXIT_DATABASE,
@@ -34,6 +35,7 @@ from pme_exporter.errors import (
     EXIT_KAFKA,
     EXIT_MIGRATION,
     EXIT_OK,
+    EXIT_REFUSED,
     EXIT_THRESHOLD,
     EXIT_USAGE,
     ConfigError,
@@ -89,6 +91,17 @@ def _parser() -> argparse.ArgumentParser:
         chosen.add_argument("--json", action="store_true", help="print JSON")
     show = dead_sub.add_parser("show", help="one dead letter in full; the raw value as text or hex")
     show.add_argument("id", type=_positive_int)
+    replay = sub.add_parser("replay", help="make the next run read the topic again from a point")
+    start = replay.add_mutually_exclusive_group(required=True)
+    start.add_argument("--from-beginning", action="store_true", help="every partition from its first offset")
+    start.add_argument("--from-time", type=_instant, help="the first offsets at or after an RFC 3339 time")
+    start.add_argument("--partition", type=_whole, help="one partition, with --offset")
+    start.add_argument(
+        "--truncate", action="store_true", help="empty the ledger tables and read everything again"
+    )
+    replay.add_argument("--offset", type=_whole, help="with --partition")
+    replay.add_argument("--force", action="store_true", help="even while workers of the group are active")
+    replay.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     demo = sub.add_parser(
         "demo", help="start the local stack, export a generated trading day, print what landed"
     )
@@ -125,6 +138,16 @@ def _duration(raw: str) -> float:
     if not found:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a duration such as 90s, 30m, 12h or 7d")
     return int(found.group(1)) * _UNIT_S[found.group(2)]
+
+
+def _instant(raw: str) -> int:
+    """An RFC 3339 instant (as the ledger writes them), in epoch milliseconds."""
+    if TIMESTAMP_TEXT.fullmatch(raw) is None:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not an RFC 3339 time such as 2025-11-28T09:00:00+07:00")
+    try:
+        return int(datetime.fromisoformat(raw).timestamp() * 1000)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a date that exists") from None
 
 
 def _iso_date(raw: str) -> date:
@@ -304,6 +327,47 @@ def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _replay(args: argparse.Namespace, settings: Settings, parser: argparse.ArgumentParser) -> int:
+    from pme_exporter import operations
+
+    if (args.partition is None) != (args.offset is None):
+        parser.error("replay: --partition and --offset go together")
+    members = operations.active_members(settings)
+    if members and not args.force:
+        print(
+            f"pme-exporter replay: {members} worker(s) of group {settings.kafka_group_id} are active; "
+            "stop them first (or --force)",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
+    try:
+        plan = operations.plan_replay(
+            settings,
+            from_beginning=args.from_beginning,
+            from_time_ms=args.from_time,
+            partition_offset=None if args.partition is None else (args.partition, args.offset),
+            truncate=args.truncate,
+        )
+    except operations.ReplayRefused as exc:
+        print(f"pme-exporter replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"The next run of group {settings.kafka_group_id} reads topic {plan.topic} again from:")
+    for p, o in sorted(plan.targets.items()):
+        print(f"  partition {p}: offset {o}")
+    if plan.truncate:
+        print("after emptying every ledger table, the dead letters and the parked children.")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("pme-exporter replay: not confirmed (no terminal); add --yes", file=sys.stderr)
+            return EXIT_REFUSED
+        if input("Type yes to go on: ").strip() != "yes":
+            print("pme-exporter replay: not confirmed; nothing changed", file=sys.stderr)
+            return EXIT_REFUSED
+    operations.apply_replay(settings, plan)
+    print("Done: start the workers.")
+    return EXIT_OK
+
+
 def _healthcheck(port: int) -> int:
     if port == 0:
         print("pme-exporter healthcheck: the endpoint is off (PME_METRICS_PORT=0)", file=sys.stderr)
@@ -358,6 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(args, settings)
         if args.command == "dead-letters":
             return _dead_letters(args, settings)
+        if args.command == "replay":
+            return _replay(args, settings, parser)
         if args.command == "demo":
             from pme_exporter.devtools.demo import run_demo
 

@@ -21,6 +21,7 @@ EXIT_DATABASE = 4
 EXIT_KAFKA = 5
 EXIT_MIGRATION = 6
 EXIT_THRESHOLD = 7  # `status` found the lag or the dead letters over the thresholds given
+EXIT_REFUSED = 8  # `replay` would race active workers, or was not confirmed
 
 # SQLSTATE classes (first two characters) and codes that a retry can cure.
 _RETRYABLE_CLASSES = frozenset({"08", "53", "57", "58"})  # connection, resources, operator, system

@@ -1,4 +1,4 @@
-"""Operator commands beside the worker: ``status`` and ``dead-letters list | show | redrive``.
+"""Operator commands beside the worker: ``status``, ``dead-letters list | show | redrive``, ``replay``.
 
 Contracts:
 - ``status`` reads Kafka (end offsets, the group's committed offsets, the time
@@ -11,6 +11,10 @@ Contracts:
   policy, so an orphan is parked rather than lost); the ones that land are
   deleted from ``exporter_dead_letters`` in the same transaction as the check,
   the rest stay, and the outcome of each is returned.
+- ``replay`` makes the next run read again from a point: it refuses while
+  members of the workers' group are active (unless forced; the CLI asks), and
+  sets ``exporter_offsets`` down to that point in one transaction (emptying the
+  ledger tables first for a full rebuild).
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from pme_exporter.buffers import Batch, InMemoryMessage
 from pme_exporter.decode import Decoder
 from pme_exporter.progress import CarryPolicy, read_stored_offsets
+from pme_exporter.schema import TABLES
 from pme_exporter.settings import Settings
 from pme_exporter.sink import PostgresSink
 
@@ -242,3 +248,94 @@ def redrive(settings: Settings, f: DeadLetterFilter) -> list[Redriven]:
         Redriven(ids[(p, o)], p, o, (p, o) not in still, still.get((p, o), ""))
         for p, o in sorted(ids, key=lambda place: ids[place])
     ]
+
+
+class ReplayRefused(Exception):
+    """A replay that would race running workers, or that nobody confirmed."""
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    topic: str
+    targets: dict[int, int]  # partition -> the offset the next run starts from
+    truncate: bool
+
+
+def active_members(settings: Settings, timeout_s: float = 10.0) -> int:
+    """Members of the workers' consumer group now (0 when the group is empty or unknown)."""
+    admin = AdminClient(settings.kafka_admin_config())
+    futures = admin.describe_consumer_groups([settings.kafka_group_id], request_timeout=timeout_s)
+    try:
+        group = futures[settings.kafka_group_id].result(timeout=timeout_s)
+    except KafkaException:
+        return 0
+    return len(group.members)
+
+
+def plan_replay(
+    settings: Settings,
+    *,
+    from_beginning: bool = False,
+    from_time_ms: int | None = None,
+    partition_offset: tuple[int, int] | None = None,
+    truncate: bool = False,
+    timeout_s: float = 10.0,
+) -> ReplayPlan:
+    """Where each partition's next run starts: its first offset, the first at or after a time, or one given."""
+    consumer = Consumer({**settings.kafka_config(), "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(settings.kafka_topic, timeout=timeout_s)
+        topic = metadata.topics.get(settings.kafka_topic)
+        if topic is None or topic.error is not None:
+            raise ReplayRefused(f"topic {settings.kafka_topic} does not exist")
+        numbers = sorted(topic.partitions)
+        if partition_offset is not None:
+            p, o = partition_offset
+            if p not in numbers:
+                raise ReplayRefused(f"topic {settings.kafka_topic} has no partition {p}")
+            return ReplayPlan(settings.kafka_topic, {p: o}, truncate)
+        if from_time_ms is not None:
+            found = consumer.offsets_for_times(
+                [TopicPartition(settings.kafka_topic, p, from_time_ms) for p in numbers], timeout=timeout_s
+            )
+            targets = {}
+            for tp in found:
+                # No message at or after that time: nothing of this partition is replayed.
+                targets[tp.partition] = (
+                    tp.offset
+                    if tp.offset >= 0
+                    else consumer.get_watermark_offsets(
+                        TopicPartition(settings.kafka_topic, tp.partition), timeout=timeout_s
+                    )[1]
+                )
+            return ReplayPlan(settings.kafka_topic, targets, truncate)
+        assert from_beginning or truncate
+        return ReplayPlan(
+            settings.kafka_topic,
+            {
+                p: consumer.get_watermark_offsets(TopicPartition(settings.kafka_topic, p), timeout=timeout_s)[
+                    0
+                ]
+                for p in numbers
+            },
+            truncate,
+        )
+    finally:
+        consumer.close()
+
+
+def apply_replay(settings: Settings, plan: ReplayPlan) -> None:
+    """Sets where the next run reads from, in one transaction (and empties the ledger tables first
+    with ``truncate``). Upsert tables converge through the stale guard; append rows, dead letters
+    and parked children are unique per message, so nothing is stored twice."""
+    with psycopg.connect(settings.conninfo()) as conn, conn.transaction():
+        if plan.truncate:
+            tables = [spec.table for spec in TABLES] + ["exporter_dead_letters", "exporter_parked_children"]
+            conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, tables))))
+            conn.execute("DELETE FROM exporter_offsets WHERE topic = %s", (plan.topic,))
+        conn.execute(
+            """INSERT INTO exporter_offsets (topic, partition, next_offset)
+               SELECT %s, p, o FROM unnest(%s::int[], %s::bigint[]) AS u(p, o)
+               ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()""",
+            (plan.topic, list(plan.targets), list(plan.targets.values())),
+        )

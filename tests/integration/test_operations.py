@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -13,9 +14,10 @@ import pytest
 
 from pme_exporter import cli
 from pme_exporter.devtools.generator import ends_of, publish, trading_day
-from pme_exporter.errors import EXIT_OK, EXIT_THRESHOLD
+from pme_exporter.errors import EXIT_OK, EXIT_REFUSED, EXIT_THRESHOLD
 from pme_exporter.settings import Settings
 from tests.helpers import ExporterProcess, ExporterThread, scrape, wait_exported
+from tests.model import apply_events, diff, snapshot
 from tests.stack import Stack
 
 
@@ -148,3 +150,72 @@ def test_dead_letters_from_a_too_narrow_column_land_once_it_is_widened_and_the_i
     assert names == [f"Broker {i}" for i in range(4)] and left == [(4, "invalid_json"), (5, "invalid_json")]
     code, out = run(s, monkeypatch, capsys, "dead-letters", "redrive", "--json", "--stage", "database")
     assert json.loads(out) == []  # nothing of the kind is left
+
+
+def test_replay_refuses_beside_active_workers_then_reads_again_without_duplicates(
+    stack: Stack,
+    settings: Settings,
+    make_topic: Callable[[int], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    topic = make_topic(2)
+    s = settings.replace(kafka_topic=topic, kafka_group_id=topic)
+    day = [(None, k, v) for k, v in trading_day(200, seed=12)]
+    first = publish(stack.kafka_url, topic, day[: len(day) // 2])
+    time.sleep(1.0)
+    middle = datetime.now(UTC).isoformat(timespec="milliseconds")
+    time.sleep(0.5)
+    second = publish(stack.kafka_url, topic, day[len(day) // 2 :])
+    located = first + second
+    worker = ExporterProcess(s, tmp_path / "first.log")
+    try:
+        wait_exported(s.conninfo(), topic, ends_of(located))
+        code, _ = run(s, monkeypatch, capsys, "replay", "--from-time", middle, "--yes")
+        assert code == EXIT_REFUSED  # a worker of the group is active
+    finally:
+        assert worker.terminate() == 0
+    counts_before = _append_counts(s)
+    code, out = run(s, monkeypatch, capsys, "replay", "--from-time", middle)
+    assert code == EXIT_REFUSED and "partition" in out  # said what it would do, then was not confirmed
+    code, out = run(s, monkeypatch, capsys, "replay", "--from-time", middle, "--yes")
+    assert code == EXIT_OK
+    with psycopg.connect(s.conninfo()) as conn:
+        restart: dict[int, int] = dict(
+            conn.execute("SELECT partition, next_offset FROM exporter_offsets").fetchall()
+        )
+    second_starts = {p: min(o for q, o, _ in second if q == p) for p in {q for q, _, _ in second}}
+    assert restart == {p: second_starts.get(p, ends_of(located)[p]) for p in restart}
+    again = ExporterProcess(s, tmp_path / "again.log")
+    try:
+        wait_exported(s.conninfo(), topic, ends_of(located))
+    finally:
+        assert again.terminate() == 0
+    assert "Flushed" in again.log_tail(400)  # it did read the second half again
+    assert _append_counts(s) == counts_before
+    expected = apply_events((p, o, v) for p, o, v in located if v is not None)
+    with psycopg.connect(s.conninfo()) as conn:
+        actual = snapshot(conn)
+    assert actual == expected, diff(expected, actual)
+    # A full rebuild: empty tables, every message read again, the same result.
+    code, _ = run(s, monkeypatch, capsys, "replay", "--truncate", "--yes")
+    assert code == EXIT_OK and _append_counts(s) == (0, 0, 0, 0)
+    rebuilt = ExporterProcess(s, tmp_path / "rebuilt.log")
+    try:
+        wait_exported(s.conninfo(), topic, ends_of(located))
+    finally:
+        assert rebuilt.terminate() == 0
+    with psycopg.connect(s.conninfo()) as conn:
+        assert snapshot(conn) == expected
+    assert _append_counts(s) == counts_before
+
+
+def _append_counts(settings: Settings) -> tuple[int, ...]:
+    with psycopg.connect(settings.conninfo()) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM order_acks), (SELECT count(*) FROM order_naks),"
+            " (SELECT count(*) FROM parameters), (SELECT count(*) FROM session_times)"
+        ).fetchone()
+    assert row is not None
+    return tuple(int(n) for n in row)

@@ -37,6 +37,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         ["dead-letters", "list", "--older-than", "5 weeks"],
         ["dead-letters", "list", "--stage", "somewhere"],
         ["dead-letters", "redrive", "--limit", "-3"],
+        ["replay"],
+        ["replay", "--from-beginning", "--truncate"],
+        ["replay", "--from-time", "yesterday"],
+        ["replay", "--from-time", "2025-02-30T00:00:00Z"],
+        ["replay", "--partition", "-1", "--offset", "0"],
+        ["replay", "--partition", "0"],
+        ["replay", "--from-beginning", "--offset", "3"],
     ],
 )
 def test_bad_arguments_exit_with_usage(args: list[str]) -> None:
