@@ -145,7 +145,8 @@ def _instant(raw: str) -> int:
     if TIMESTAMP_TEXT.fullmatch(raw) is None:
         raise argparse.ArgumentTypeError(f"{raw!r} is not an RFC 3339 time such as 2025-11-28T09:00:00+07:00")
     try:
-        return int(datetime.fromisoformat(raw).timestamp() * 1000)
+        # RFC 3339 allows a lowercase t and z; fromisoformat does not.
+        return int(datetime.fromisoformat(raw.upper()).timestamp() * 1000)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a date that exists") from None
 

@@ -186,3 +186,13 @@ def test_json_log_lines_carry_time_level_logger_message_and_exception() -> None:
     assert line["level"] == "ERROR" and line["logger"] == "pme_exporter"
     assert line["message"] == 'a "quoted" value' and "ValueError: boom" in line["exception"]
     assert line["time"].endswith("Z") and len(line["time"]) == len("2026-11-27T14:00:00.000Z")
+
+
+def test_replay_times_are_rfc3339_in_either_case_and_must_exist() -> None:
+    import argparse
+
+    from pme_exporter.cli import _instant
+
+    assert _instant("2025-11-28t02:00:00z") == _instant("2025-11-28T09:00:00+07:00") == 1764295200000
+    with pytest.raises(argparse.ArgumentTypeError, match="not a date that exists"):
+        _instant("2025-02-30T00:00:00Z")
