@@ -34,6 +34,7 @@ from pme_exporter.errors import (
     EXIT_FAILURE,
     EXIT_KAFKA,
     EXIT_MIGRATION,
+    EXIT_MISMATCH,
     EXIT_OK,
     EXIT_REFUSED,
     EXIT_THRESHOLD,
@@ -42,6 +43,7 @@ from pme_exporter.errors import (
     KafkaFatalError,
     MigrationError,
     Stopped,
+    VerifyError,
 )
 from pme_exporter.quietlog import RateLimit
 from pme_exporter.settings import Settings, described, unknown_variables
@@ -102,6 +104,14 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--offset", type=_whole, help="with --partition")
     replay.add_argument("--force", action="store_true", help="even while workers of the group are active")
     replay.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    verify = sub.add_parser(
+        "verify", help="reconcile the tables with the topic up to the exported offsets (read-only)"
+    )
+    verify.add_argument(
+        "--sample", type=_fraction, default=1.0, help="check this fraction of keys, 0 < P <= 1 (default 1)"
+    )
+    verify.add_argument("--show", type=_positive_int, default=20, help="mismatches to print (default 20)")
+    verify.add_argument("--json", action="store_true", help="print JSON")
     demo = sub.add_parser(
         "demo", help="start the local stack, export a generated trading day, print what landed"
     )
@@ -149,6 +159,16 @@ def _instant(raw: str) -> int:
         return int(datetime.fromisoformat(raw.upper()).timestamp() * 1000)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a date that exists") from None
+
+
+def _fraction(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
+    if not 0.0 < value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 1: {raw!r}")
+    return value
 
 
 def _iso_date(raw: str) -> date:
@@ -369,6 +389,42 @@ def _replay(args: argparse.Namespace, settings: Settings, parser: argparse.Argum
     return EXIT_OK
 
 
+def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    from pme_exporter.verify import print_progress, verify_topic
+
+    result = verify_topic(settings, sample=args.sample, keep=args.show, progress=print_progress)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result) | {"ok": result.ok}, default=str, indent=2))
+    else:
+        exported = sum(result.bounds.values())
+        print(
+            f"topic {result.topic}: {result.messages} messages read up to the exported offsets ({exported}),"
+            f" {result.tombstones} tombstones, {result.decode_failures} failing decoding"
+            + ("" if result.sample >= 1 else f", keys sampled: {result.sample:g}")
+        )
+        shown = (
+            "stored",
+            "stale",
+            "dead_letter",
+            "parked",
+            "ahead",
+            "missing",
+            "altered",
+            "extra",
+            "duplicate",
+        )
+        print(f"{'table':<16}{'messages':>10}" + "".join(f"{v:>12}" for v in shown))
+        for table, counts in result.tables.items():
+            print(f"{table:<16}{counts['messages']:>10}" + "".join(f"{counts[v]:>12}" for v in shown))
+        for mismatch in result.mismatches:
+            print(mismatch.line())
+        more = result.mismatch_count - len(result.mismatches)
+        if more > 0:
+            print(f"... and {more} more")
+        print("verify: all match" if result.ok else f"verify: {result.mismatch_count} mismatch(es)")
+    return EXIT_OK if result.ok else EXIT_MISMATCH
+
+
 def _healthcheck(port: int) -> int:
     if port == 0:
         print("pme-exporter healthcheck: the endpoint is off (PME_METRICS_PORT=0)", file=sys.stderr)
@@ -425,6 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dead_letters(args, settings)
         if args.command == "replay":
             return _replay(args, settings, parser)
+        if args.command == "verify":
+            return _verify(args, settings)
         if args.command == "demo":
             from pme_exporter.devtools.demo import run_demo
 
@@ -443,6 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_MIGRATION
     except KafkaFatalError as exc:
         log.error("[DB-EXPORTER] Kafka: %s", exc)
+        return EXIT_KAFKA
+    except VerifyError as exc:
+        log.error("verify: %s", exc)
         return EXIT_KAFKA
     except Stopped as exc:
         log.info("[DB-EXPORTER] %s; nothing was written", exc)

@@ -22,6 +22,7 @@ EXIT_KAFKA = 5
 EXIT_MIGRATION = 6
 EXIT_THRESHOLD = 7  # `status` found the lag or the dead letters over the thresholds given
 EXIT_REFUSED = 8  # `replay` would race active workers, or was not confirmed
+EXIT_MISMATCH = 9  # `verify` found the mirror and the topic disagree
 
 # SQLSTATE classes (first two characters) and codes that a retry can cure.
 _RETRYABLE_CLASSES = frozenset({"08", "53", "57", "58"})  # connection, resources, operator, system
@@ -90,3 +91,7 @@ def is_retryable(exc: BaseException) -> bool:
     if state is None:
         return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
     return state in _RETRYABLE_CODES or state[:2] in _RETRYABLE_CLASSES
+
+
+class VerifyError(Exception):
+    """``verify`` could not read what Kafka says it holds; the CLI exits with ``EXIT_KAFKA``."""

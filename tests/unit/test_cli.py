@@ -44,6 +44,11 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         ["replay", "--partition", "-1", "--offset", "0"],
         ["replay", "--partition", "0"],
         ["replay", "--from-beginning", "--offset", "3"],
+        ["verify", "--sample", "0"],
+        ["verify", "--sample", "1.5"],
+        ["verify", "--sample", "nan"],
+        ["verify", "--sample", "half"],
+        ["verify", "--show", "0"],
     ],
 )
 def test_bad_arguments_exit_with_usage(args: list[str]) -> None:
