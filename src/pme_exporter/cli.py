@@ -46,6 +46,7 @@ from pme_exporter.errors import (
     VerifyError,
 )
 from pme_exporter.quietlog import RateLimit
+from pme_exporter.retention import RETAINED
 from pme_exporter.settings import Settings, described, unknown_variables
 
 log = logging.getLogger("pme_exporter")
@@ -102,8 +103,26 @@ def _parser() -> argparse.ArgumentParser:
         "--truncate", action="store_true", help="empty the ledger tables and read everything again"
     )
     replay.add_argument("--offset", type=_whole, help="with --partition")
+    replay.add_argument(
+        "--tables",
+        type=_ledger_tables,
+        help="with --truncate: rebuild only these tables (and the tables that reference them)",
+    )
     replay.add_argument("--force", action="store_true", help="even while workers of the group are active")
     replay.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    retention = sub.add_parser("retention", help="archive or purge rows whose latest state is old")
+    retention.add_argument("action", choices=("archive", "purge"))
+    retention.add_argument(
+        "--older-than", type=_duration, required=True, help="e.g. 90d or 1y (365 days) before now"
+    )
+    retention.add_argument(
+        "--tables", type=_retained_tables, help="comma-separated, default: all of " + ",".join(RETAINED)
+    )
+    retention.add_argument("--batch-size", type=_int_at_least(1), default=1000, help="rows per transaction")
+    retention.add_argument("--pause-ms", type=_int_at_least(0), default=0, help="pause between batches")
+    retention.add_argument("--dry-run", action="store_true", help="print what would move; change nothing")
+    retention.add_argument("--yes", action="store_true", help="purge without asking")
+    retention.add_argument("--json", action="store_true", help="print JSON")
     verify = sub.add_parser(
         "verify", help="reconcile the tables with the topic up to the exported offsets (read-only)"
     )
@@ -139,14 +158,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_DURATION = re.compile(r"([0-9]+)([smhd])")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"([0-9]{1,9})([smhdwy])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 
 
 def _duration(raw: str) -> float:
     found = _DURATION.fullmatch(raw.strip())
     if not found:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a duration such as 90s, 30m, 12h or 7d")
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a duration such as 90s, 30m, 12h, 7d, 2w or 1y")
     return int(found.group(1)) * _UNIT_S[found.group(2)]
 
 
@@ -159,6 +178,24 @@ def _instant(raw: str) -> int:
         return int(datetime.fromisoformat(raw.upper()).timestamp() * 1000)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a date that exists") from None
+
+
+def _ledger_tables(raw: str) -> tuple[str, ...]:
+    from pme_exporter.schema import BY_TABLE
+
+    names = tuple(name.strip() for name in raw.split(","))
+    unknown = [name for name in names if name not in BY_TABLE]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"not ledger tables: {unknown}; choose from {', '.join(BY_TABLE)}")
+    return names
+
+
+def _retained_tables(raw: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in raw.split(","))
+    unknown = [name for name in names if name not in RETAINED]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"not retained tables: {unknown}; choose from {', '.join(RETAINED)}")
+    return names
 
 
 def _fraction(raw: str) -> float:
@@ -353,6 +390,8 @@ def _replay(args: argparse.Namespace, settings: Settings, parser: argparse.Argum
 
     if (args.partition is None) != (args.offset is None):
         parser.error("replay: --partition and --offset go together")
+    if args.tables and not args.truncate:
+        parser.error("replay: --tables rebuilds tables, so it goes with --truncate")
     members = operations.active_members(settings)
     if members and not args.force:
         print(
@@ -368,6 +407,7 @@ def _replay(args: argparse.Namespace, settings: Settings, parser: argparse.Argum
             from_time_ms=args.from_time,
             partition_offset=None if args.partition is None else (args.partition, args.offset),
             truncate=args.truncate,
+            tables=args.tables,
         )
     except operations.ReplayRefused as exc:
         print(f"pme-exporter replay: {exc}", file=sys.stderr)
@@ -375,7 +415,9 @@ def _replay(args: argparse.Namespace, settings: Settings, parser: argparse.Argum
     print(f"The next run of group {settings.kafka_group_id} reads topic {plan.topic} again from:")
     for p, o in sorted(plan.targets.items()):
         print(f"  partition {p}: offset {o}")
-    if plan.truncate:
+    if plan.truncate and plan.tables:
+        print(f"after emptying {', '.join(plan.tables)}; the other tables are left as they are.")
+    elif plan.truncate:
         print("after emptying every ledger table, the dead letters and the parked children.")
     if not args.yes:
         if not sys.stdin.isatty():
@@ -386,6 +428,44 @@ def _replay(args: argparse.Namespace, settings: Settings, parser: argparse.Argum
             return EXIT_REFUSED
     operations.apply_replay(settings, plan)
     print("Done: start the workers.")
+    return EXIT_OK
+
+
+def _retention(args: argparse.Namespace, settings: Settings) -> int:
+    from pme_exporter.retention import run_retention
+
+    tables = args.tables or RETAINED
+    if args.action == "purge" and not args.dry_run and not args.yes:
+        print(
+            f"pme-exporter retention purge deletes rows of {', '.join(tables)} (and their archives) for good."
+        )
+        if not sys.stdin.isatty():
+            print("pme-exporter retention: not confirmed (no terminal); add --yes", file=sys.stderr)
+            return EXIT_REFUSED
+        if input("Type yes to go on: ").strip() != "yes":
+            print("pme-exporter retention: not confirmed; nothing changed", file=sys.stderr)
+            return EXIT_REFUSED
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    outcomes = run_retention(
+        settings.conninfo(),
+        action=args.action,
+        older_than_s=args.older_than,
+        tables=tables,
+        batch_size=args.batch_size,
+        pause_s=args.pause_ms / 1000,
+        dry_run=args.dry_run,
+        stop=stop.is_set,
+    )
+    if args.json:
+        print(json.dumps([dataclasses.asdict(o) for o in outcomes], indent=2))
+    else:
+        verb = {"archive": "archived", "purge": "purged"}[args.action]
+        for o in outcomes:
+            extra = f" (and {o.archived_purged} from {o.table}_archive)" if o.archived_purged else ""
+            print(f"{o.table}: {o.rows} row(s) {'would be ' + verb if args.dry_run else verb}{extra}")
+    if stop.is_set():
+        print("pme-exporter retention: stopped by a signal; run it again to go on", file=sys.stderr)
     return EXIT_OK
 
 
@@ -481,6 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dead_letters(args, settings)
         if args.command == "replay":
             return _replay(args, settings, parser)
+        if args.command == "retention":
+            return _retention(args, settings)
         if args.command == "verify":
             return _verify(args, settings)
         if args.command == "demo":

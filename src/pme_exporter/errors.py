@@ -26,7 +26,10 @@ EXIT_MISMATCH = 9  # `verify` found the mirror and the topic disagree
 
 # SQLSTATE classes (first two characters) and codes that a retry can cure.
 _RETRYABLE_CLASSES = frozenset({"08", "53", "57", "58"})  # connection, resources, operator, system
-_RETRYABLE_CODES = frozenset({"40001", "40P01", "55P03"})  # serialization, deadlock, lock timeout
+# serialization, deadlock, lock timeout; and a foreign key violation, which the
+# apply's own parent check rules out except when a parent is deleted under it
+# (``retention``): tried again, the child finds its parent gone and waits as an orphan.
+_RETRYABLE_CODES = frozenset({"40001", "40P01", "55P03", "23503"})
 _ROW_ERROR_CLASSES = frozenset({"22", "23"})  # data exception, integrity violation
 
 
@@ -71,7 +74,7 @@ def sqlstate_of(exc: BaseException | None) -> str | None:
 def is_row_error(exc: BaseException) -> bool:
     """True when the database refused the data itself (class 22 or 23)."""
     state = sqlstate_of(exc)
-    return state is not None and state[:2] in _ROW_ERROR_CLASSES
+    return state is not None and state[:2] in _ROW_ERROR_CLASSES and state not in _RETRYABLE_CODES
 
 
 def retry_reason(exc: BaseException) -> str:

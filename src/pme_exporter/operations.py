@@ -259,6 +259,17 @@ class ReplayPlan:
     topic: str
     targets: dict[int, int]  # partition -> the offset the next run starts from
     truncate: bool
+    tables: tuple[str, ...] = ()  # with truncate: only these, with every table referencing them
+
+
+def with_children(tables: tuple[str, ...]) -> tuple[str, ...]:
+    """The tables and, transitively, the tables whose foreign keys reference them, in schema order."""
+    chosen = set(tables)
+    while True:
+        more = {c.table for c in TABLES for ref in c.parents if ref.table in chosen} - chosen
+        if not more:
+            return tuple(spec.table for spec in TABLES if spec.table in chosen)
+        chosen |= more
 
 
 def active_members(settings: Settings, timeout_s: float = 10.0) -> int:
@@ -279,6 +290,7 @@ def plan_replay(
     from_time_ms: int | None = None,
     partition_offset: tuple[int, int] | None = None,
     truncate: bool = False,
+    tables: tuple[str, ...] | None = None,
     timeout_s: float = 10.0,
 ) -> ReplayPlan:
     """Where each partition's next run starts: its first offset, the first at or after a time, or one given."""
@@ -319,6 +331,7 @@ def plan_replay(
                 for p in numbers
             },
             truncate,
+            with_children(tables) if tables else (),
         )
     finally:
         consumer.close()
@@ -329,7 +342,10 @@ def apply_replay(settings: Settings, plan: ReplayPlan) -> None:
     with ``truncate``). Upsert tables converge through the stale guard; append rows, dead letters
     and parked children are unique per message, so nothing is stored twice."""
     with psycopg.connect(settings.conninfo()) as conn, conn.transaction():
-        if plan.truncate:
+        if plan.truncate and plan.tables:
+            # Only these tables: the others converge when read again (stale guard, unique appends).
+            conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, plan.tables))))
+        elif plan.truncate:
             tables = [spec.table for spec in TABLES] + ["exporter_dead_letters", "exporter_parked_children"]
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, tables))))
             conn.execute("DELETE FROM exporter_offsets WHERE topic = %s", (plan.topic,))

@@ -175,7 +175,9 @@ BEGIN
             t_orphans := t_orphans || coalesce(v_orphans, '{{}}');
             t_trade := t_trade || coalesce(v_trade, '{{}}');
             t_order := t_order || coalesce(v_order, '{{}}');
-        EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+        EXCEPTION WHEN foreign_key_violation THEN
+            RAISE;  -- a parent deleted meanwhile: the whole batch is tried again (errors.py)
+        WHEN data_exception OR integrity_constraint_violation THEN
             r_seq := v_i; r_state := SQLSTATE; r_message := SQLERRM;
             RETURN NEXT;
         END;

@@ -84,7 +84,9 @@ def test_verify_passes_on_an_exported_day_and_names_an_altered_a_deleted_and_a_d
         == tables["order_acks"]["messages"] - tables["order_acks"]["dead_letter"]
     )
     with psycopg.connect(s.conninfo(), autocommit=True) as conn:
-        stages = dict(conn.execute("SELECT stage, count(*) FROM exporter_dead_letters GROUP BY 1").fetchall())
+        stages: dict[str, int] = dict(
+            conn.execute("SELECT stage, count(*) FROM exporter_dead_letters GROUP BY 1").fetchall()
+        )
         assert stages["decode"] == result["decode_failures"]
         assert stages["database"] == sum(t["dead_letter"] for t in tables.values()) >= 4  # our refusals
         altered = conn.execute("UPDATE orders SET quantity = quantity + 1 WHERE nid = 990001 RETURNING nid")

@@ -21,7 +21,7 @@ from pme_exporter.errors import RetryableError, is_retryable, is_row_error
         (pgerr.NumericValueOutOfRange(), False, True),
         (pgerr.InvalidDatetimeFormat(), False, True),
         (pgerr.UniqueViolation(), False, True),
-        (pgerr.ForeignKeyViolation(), False, True),
+        (pgerr.ForeignKeyViolation(), True, False),  # a parent deleted under the apply
         (pgerr.UndefinedTable(), False, False),
         (pgerr.SyntaxError(), False, False),
         (ValueError("not a database error"), False, False),

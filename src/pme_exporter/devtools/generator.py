@@ -31,14 +31,20 @@ def _key(event_type: str, ident: object) -> bytes:
 
 
 def trading_day(
-    orders: int, seed: int = 7, *, invalid: bool = False, clock: Callable[[], datetime] | None = None
+    orders: int,
+    seed: int = 7,
+    *,
+    invalid: bool = False,
+    clock: Callable[[], datetime] | None = None,
+    nid_base: int = 0,
 ) -> Iterator[Event]:
     """Reference data, then orders through their states with acks, naks, trades and contracts.
 
     About 5.5 events per order. With ``invalid`` a few bad messages and a
     tombstone are mixed in (each a different kind of README "Invalid input"). With
     ``clock`` every event time is read from it (the latency benchmark stamps
-    events as they are produced).
+    events as they are produced). Order, trade and contract numbers start after
+    ``nid_base``, so two days can share a topic without sharing keys.
     """
     rng = random.Random(seed)
     day_clock = _DAY_START
@@ -112,10 +118,10 @@ def trading_day(
     if invalid:
         yield from _invalid_messages(tick())
 
-    trade_nid = 0
-    contract_nid = 0
+    trade_nid = nid_base
+    contract_nid = nid_base
     waiting: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for nid in range(1, orders + 1):
+    for nid in range(nid_base + 1, nid_base + orders + 1):
         side = rng.choice(("BORR", "LEND"))
         instrument = rng.choice(instruments)
         qty = Decimal(rng.randint(1, 500) * 100)

@@ -1,0 +1,36 @@
+"""What retention moves and in which order, derived from schema.TABLES."""
+
+from __future__ import annotations
+
+from pme_exporter.retention import RETAINED, _batch, retained
+from pme_exporter.schema import BY_TABLE
+
+
+def test_children_move_before_their_parents() -> None:
+    for position, table in enumerate(RETAINED):
+        for child, _column in retained(table).children:
+            assert child in RETAINED and RETAINED.index(child) < position, (child, table)
+
+
+def test_each_parent_knows_every_child_that_references_it() -> None:
+    assert set(retained("orders").children) == {
+        ("order_acks", "order_nid"),
+        ("order_naks", "order_nid"),
+        ("contracts", "order_nid"),
+    }
+    assert retained("trades").children == (("contracts", "trade_nid"),)
+    assert retained("order_acks").children == ()
+
+
+def test_upserts_age_by_their_latest_state_and_appends_by_their_creation() -> None:
+    assert (retained("orders").key, retained("orders").age) == ("nid", "updated_at")
+    assert (retained("order_naks").key, retained("order_naks").age) == ("id", "created_at")
+    assert all(BY_TABLE[t] for t in RETAINED)
+
+
+def test_a_batch_takes_only_unlocked_rows_and_archives_in_the_statement_that_deletes() -> None:
+    archive = _batch(retained("orders"), archive=True).as_string(None)
+    purge = _batch(retained("orders"), archive=False).as_string(None)
+    assert "FOR UPDATE SKIP LOCKED" in archive and "FOR UPDATE SKIP LOCKED" in purge
+    assert 'INSERT INTO "orders_archive" SELECT * FROM gone' in archive and "archive" not in purge
+    assert archive.count("NOT EXISTS") == 3  # acks, naks and contracts hold an order
