@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         chosen.add_argument("--json", action="store_true", help="print JSON")
     show = dead_sub.add_parser("show", help="one dead letter in full; the raw value as text or hex")
     show.add_argument("id", type=_positive_int)
+    show.add_argument("--json", action="store_true", help="print JSON (the raw key and value as text or hex)")
     replay = sub.add_parser("replay", help="make the next run read the topic again from a point")
     start = replay.add_mutually_exclusive_group(required=True)
     start.add_argument("--from-beginning", action="store_true", help="every partition from its first offset")
@@ -110,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--force", action="store_true", help="even while workers of the group are active")
     replay.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    replay.add_argument(
+        "--json", action="store_true", help="print the plan, and whether it was applied, as JSON"
+    )
     retention = sub.add_parser("retention", help="archive or purge rows whose latest state is old")
     retention.add_argument("action", choices=("archive", "purge"))
     retention.add_argument(
@@ -353,6 +357,11 @@ def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
         if letter is None:
             print(f"pme-exporter dead-letters: no dead letter {args.id}", file=sys.stderr)
             return EXIT_USAGE
+        if args.json:
+            raw = {"msg_key": operations.readable(letter.pop("msg_key")),
+                   "msg_value": operations.readable(letter.pop("msg_value"))}  # fmt: skip
+            print(json.dumps(letter | raw, default=str, indent=2))
+            return EXIT_OK
         for name in (
             "id",
             "topic",
@@ -412,13 +421,15 @@ def _replay(args: argparse.Namespace, settings: Settings, parser: argparse.Argum
     except operations.ReplayRefused as exc:
         print(f"pme-exporter replay: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"The next run of group {settings.kafka_group_id} reads topic {plan.topic} again from:")
+    # With --json the plan is said on stderr, and stdout holds only the JSON.
+    say = sys.stderr if args.json else sys.stdout
+    print(f"The next run of group {settings.kafka_group_id} reads topic {plan.topic} again from:", file=say)
     for p, o in sorted(plan.targets.items()):
-        print(f"  partition {p}: offset {o}")
+        print(f"  partition {p}: offset {o}", file=say)
     if plan.truncate and plan.tables:
-        print(f"after emptying {', '.join(plan.tables)}; the other tables are left as they are.")
+        print(f"after emptying {', '.join(plan.tables)}; the other tables are left as they are.", file=say)
     elif plan.truncate:
-        print("after emptying every ledger table, the dead letters and the parked children.")
+        print("after emptying every ledger table, the dead letters and the parked children.", file=say)
     if not args.yes:
         if not sys.stdin.isatty():
             print("pme-exporter replay: not confirmed (no terminal); add --yes", file=sys.stderr)
@@ -427,7 +438,10 @@ def _replay(args: argparse.Namespace, settings: Settings, parser: argparse.Argum
             print("pme-exporter replay: not confirmed; nothing changed", file=sys.stderr)
             return EXIT_REFUSED
     operations.apply_replay(settings, plan)
-    print("Done: start the workers.")
+    if args.json:
+        print(json.dumps(dataclasses.asdict(plan) | {"applied": True}, indent=2))
+    else:
+        print("Done: start the workers.")
     return EXIT_OK
 
 

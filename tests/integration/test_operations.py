@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psycopg
@@ -131,6 +132,9 @@ def test_dead_letters_from_a_too_narrow_column_land_once_it_is_widened_and_the_i
     binary = next(d["id"] for d in listed if d["offset"] == 5)
     code, out = run(s, monkeypatch, capsys, "dead-letters", "show", str(binary))
     assert code == EXIT_OK and "(not UTF-8; hex)" in out and "ff fe 20 6e 6f 74" in out
+    code, out = run(s, monkeypatch, capsys, "dead-letters", "show", str(binary), "--json")
+    shown = json.loads(out)
+    assert code == EXIT_OK and shown["reason"] == "invalid_json" and "ff fe 20 6e 6f 74" in shown["msg_value"]
     with psycopg.connect(s.conninfo(), autocommit=True) as conn:
         conn.execute("ALTER TABLE participants ALTER COLUMN name TYPE VARCHAR(200)")  # fixed
     code, out = run(s, monkeypatch, capsys, "dead-letters", "redrive", "--json")
@@ -236,15 +240,16 @@ def test_replay_of_some_tables_rebuilds_them_and_their_children_and_leaves_the_r
     with psycopg.connect(s.conninfo(), autocommit=True) as conn:
         conn.execute("UPDATE orders SET state = 'X'")  # damage to repair
         conn.execute("DELETE FROM order_acks WHERE id IN (SELECT id FROM order_acks LIMIT 5)")
-        before = dict(conn.execute("SELECT code, exported_at FROM participants").fetchall())
-    code, out = run(s, monkeypatch, capsys, "replay", "--truncate", "--tables", "orders", "--yes")
-    assert code == EXIT_OK
-    assert "after emptying orders, contracts, order_acks, order_naks; the other tables" in out
+        before: dict[str, Any] = dict(conn.execute("SELECT code, exported_at FROM participants").fetchall())
+    code, out = run(s, monkeypatch, capsys, "replay", "--truncate", "--tables", "orders", "--yes", "--json")
+    plan = json.loads(out)
+    assert code == EXIT_OK and plan["applied"] and plan["truncate"]
+    assert plan["tables"] == ["orders", "contracts", "order_acks", "order_naks"]
     with ExporterThread(s):
         wait_exported(s.conninfo(), topic, ends_of(located))
     expected = apply_events((p, o, v) for p, o, v in located if v is not None)
     with psycopg.connect(s.conninfo()) as conn:
         actual = snapshot(conn)
-        after = dict(conn.execute("SELECT code, exported_at FROM participants").fetchall())
+        after: dict[str, Any] = dict(conn.execute("SELECT code, exported_at FROM participants").fetchall())
     assert actual == expected, diff(expected, actual)
     assert after == before  # read again, left as they were by the stale guard
