@@ -7,7 +7,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import psycopg
@@ -18,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict
 from pme_exporter.breaker import DeadLetterBreaker
 from pme_exporter.consumer import KAFKA_LOG, ConsumerLoop, KafkaErrorPolicy, consumer_config
 from pme_exporter.errors import ConfigError, KafkaFatalError, Stopped, is_retryable, retry_reason
-from pme_exporter.flusher import Flusher
+from pme_exporter.flusher import Flusher, close_all
 from pme_exporter.metrics import HealthServer, Metrics
 from pme_exporter.migrate import migrate
 from pme_exporter.settings import Settings
@@ -162,7 +162,7 @@ class Readiness:
         *,
         admin: AdminClient,
         sink: PostgresSink,
-        flusher: Flusher,
+        flushers: Sequence[Flusher],
         loop: ConsumerLoop,
         topic: str,
         max_retry_s: float,
@@ -170,7 +170,7 @@ class Readiness:
     ):
         self._admin = admin
         self._sink = sink
-        self._flusher = flusher
+        self._flushers = flushers
         self._loop = loop
         self._topic = topic
         self._max_retry_s = max_retry_s
@@ -182,7 +182,7 @@ class Readiness:
         stalled = self._loop.stalled_s()
         if stalled > self._max_stall_s:
             return False, f"events held for {stalled:.0f}s with no flush committing"
-        since = self._flusher.retrying_since
+        since = retrying_since(self._flushers)
         if since is not None and time.monotonic() - since > self._max_retry_s:
             return False, f"database writes failing for {time.monotonic() - since:.0f}s"
         try:
@@ -194,6 +194,11 @@ class Readiness:
         except Exception as exc:
             return False, f"kafka: {exc}"
         return True, "ready"
+
+
+def retrying_since(flushers: Sequence[Flusher]) -> float | None:
+    """Since when the longest-failing lane has been retrying its write (None: none is)."""
+    return min((f.retrying_since for f in flushers if f.retrying_since is not None), default=None)
 
 
 def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | None = None) -> None:
@@ -217,6 +222,7 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         lock_timeout_ms=settings.db_lock_timeout_ms,
         idle_in_transaction_timeout_ms=settings.db_idle_in_transaction_timeout_ms,
         breaker=DeadLetterBreaker(window=settings.breaker_window, ratio=settings.breaker_ratio),
+        pool_max_size=settings.flush_lanes + 1,
     )
 
     def on_report(report: FlushReport) -> None:
@@ -242,9 +248,15 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
             len(report.dead_letters),
         )
 
-    flusher = Flusher(
-        sink, on_report=on_report, on_retry=lambda exc: metrics.db_retries.labels(retry_reason(exc)).inc()
-    )
+    flushers = [
+        Flusher(
+            sink,
+            on_report=on_report,
+            on_retry=lambda exc: metrics.db_retries.labels(retry_reason(exc)).inc(),
+            name=f"pme-flusher-{lane}",
+        )
+        for lane in range(settings.flush_lanes)
+    ]
     kafka_errors = KafkaErrorPolicy(metrics, topic_wait_s=settings.topic_wait_s)
     config = consumer_config(settings.kafka_config())
     config["error_cb"] = kafka_errors.on_error
@@ -253,18 +265,22 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         consumer=consumer,
         topic=settings.kafka_topic,
         sink=sink,
-        flusher=flusher,
+        flushers=flushers,
         metrics=metrics,
         max_batch_events=settings.max_batch_events,
         flush_interval_ms=settings.flush_interval_ms,
+        flush_linger_ms=settings.flush_linger_ms,
         max_buffered_events=settings.max_buffered_events,
         shutdown_deadline_s=settings.shutdown_deadline_s,
         max_message_bytes=settings.max_message_bytes,
         kafka_errors=kafka_errors,
     )
-    metrics.flush_retrying_seconds.set_function(
-        lambda: 0.0 if flusher.retrying_since is None else time.monotonic() - flusher.retrying_since
-    )
+
+    def retrying_for() -> float:
+        since = retrying_since(flushers)
+        return 0.0 if since is None else time.monotonic() - since
+
+    metrics.flush_retrying_seconds.set_function(retrying_for)
     metrics.halted.set_function(lambda: 0.0 if loop.halted is None else 1.0)
     health = None
     if settings.metrics_port:
@@ -275,7 +291,7 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
                 ready=Readiness(
                     admin=AdminClient(settings.kafka_admin_config(logger=KAFKA_LOG)),
                     sink=sink,
-                    flusher=flusher,
+                    flushers=flushers,
                     loop=loop,
                     topic=settings.kafka_topic,
                     max_retry_s=settings.ready_max_retry_s,
@@ -283,7 +299,7 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
                 ),
             )
         except OSError as exc:
-            flusher.close()
+            close_all(flushers, timeout_s=5.0)
             sink.close(timeout_s=5.0)
             consumer.close()
             raise ConfigError(
@@ -298,7 +314,7 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
     finally:
         # The loop spent the shutdown deadline; what is still being written is
         # left uncommitted (read again next run) rather than waited for.
-        flusher.close(timeout_s=0.5)
+        close_all(flushers, timeout_s=0.5)
         sink.close(timeout_s=0.5)
         if health is not None:
             health.close()

@@ -16,11 +16,12 @@ Before ``window`` messages were seen, the threshold is ``ratio * window``
 dead letters. So no batch is committed that would make the newest batches
 covering a window hold more than ``ratio`` of their messages (at least
 ``ratio * window``) in dead letters of one reason; a clean batch adds none.
-``ratio`` 1 turns the breaker off. Called from one thread.
+``ratio`` 1 turns the breaker off. Thread-safe: the flush lanes of a worker share one.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import Counter, deque
 from collections.abc import Iterable
 
@@ -43,9 +44,14 @@ class DeadLetterBreaker:
         self._ratio = ratio
         self._recent: deque[tuple[int, Counter[str]]] = deque()
         self._recent_messages = 0
+        self._lock = threading.Lock()
 
     def check(self, messages: int, reasons: Iterable[str]) -> None:
         batch = (messages, Counter(reasons))
+        with self._lock:
+            self._check(batch)
+
+    def _check(self, batch: tuple[int, Counter[str]]) -> None:
         if self._ratio < 1 and batch[1]:
             seen = 0
             counts: Counter[str] = Counter()
@@ -60,6 +66,11 @@ class DeadLetterBreaker:
 
     def record(self, messages: int, reasons: Iterable[str]) -> None:
         batch = (messages, Counter(reasons))
+        with self._lock:
+            self._record(batch)
+
+    def _record(self, batch: tuple[int, Counter[str]]) -> None:
+        messages = batch[0]
         self._recent.append(batch)
         self._recent_messages += messages
         # Keep just enough of the newest batches to cover one window.

@@ -17,7 +17,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
@@ -139,6 +140,19 @@ def check_kafka_properties(config: dict[str, Any]) -> None:
         ) from None
 
 
+@dataclass
+class Lane:
+    """One flush lane: its own flusher (its own database transactions) for a subset of the
+    assigned partitions, and the batch it is filling for them."""
+
+    index: int
+    flusher: Flusher
+    batch: Batch
+    partitions: set[int] = field(default_factory=set)
+    last_flush_at: float = 0.0
+    parked_waiting: int = 0
+
+
 class ConsumerLoop:
     def __init__(
         self,
@@ -146,32 +160,36 @@ class ConsumerLoop:
         consumer: Consumer,
         topic: str,
         sink: Sink,
-        flusher: Flusher,
+        flushers: Sequence[Flusher],
         metrics: Metrics,
         max_batch_events: int,
         flush_interval_ms: int,
         max_buffered_events: int,
         shutdown_deadline_s: float,
+        flush_linger_ms: int = 0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         kafka_errors: KafkaErrorPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if not flushers:
+            raise ValueError("at least one flusher (lane)")
         self._consumer = consumer
         self._topic = topic
         self._sink = sink
-        self._flusher = flusher
         self._metrics = metrics
         self._decoder = Decoder(max_message_bytes)
         self._max_batch = max_batch_events
         self._interval_s = flush_interval_ms / 1000.0
+        # 0 turns adaptive flushing off: a batch waits for N events or T ms.
+        self._linger_s = flush_linger_ms / 1000.0 if flush_linger_ms > 0 else None
+        self._poll_timeout_s = min(_POLL_TIMEOUT_S, self._linger_s or _POLL_TIMEOUT_S)
         self._max_buffered = max_buffered_events
         self._deadline_s = shutdown_deadline_s
         self._clock = clock
-        self._batch = self._new_batch()
+        self._lanes = [Lane(i, f, self._new_batch(), last_flush_at=clock()) for i, f in enumerate(flushers)]
+        self._lane_of: dict[int, Lane] = {}
         self._progress = PartitionProgress()
         self._paused_since: float | None = None
-        self._last_flush_at = clock()
-        self._parked_waiting = 0
         self._stop: threading.Event | None = None
         self._kafka_errors = kafka_errors or KafkaErrorPolicy(metrics, topic_wait_s=60.0, clock=clock)
         self._last_progress_at = clock()
@@ -179,6 +197,10 @@ class ConsumerLoop:
         # Why the worker stopped consuming (the dead-letter breaker), for /readyz and the log.
         self.halted: str | None = None
         metrics.buffer_capacity.set(max_buffered_events)
+
+    @property
+    def lanes(self) -> Sequence[Lane]:
+        return self._lanes
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
@@ -192,14 +214,14 @@ class ConsumerLoop:
                 if self.halted is None:
                     self._collect()
                     self._maybe_flush()
-                room = self._max_buffered - self._batch.size
+                # At least one, to serve the group's callbacks; when full, the partitions are paused.
                 messages = self._consumer.consume(
-                    num_messages=max(1, min(room, _MAX_POLL_MESSAGES)), timeout=_POLL_TIMEOUT_S
+                    num_messages=max(1, self._room()), timeout=self._poll_timeout_s
                 )
                 if messages and self.halted is None:
                     self._add(messages)
                 now = self._clock()
-                if self._batch.size == 0 and self._flusher.idle():
+                if self._buffered() == 0 and all(lane.flusher.idle() for lane in self._lanes):
                     self._last_progress_at = now
                 if now >= next_lag_at:
                     self._update_lag()
@@ -215,6 +237,9 @@ class ConsumerLoop:
     def _new_batch(self) -> Batch:
         return Batch(decoder=self._decoder, clock=self._clock)
 
+    def _buffered(self) -> int:
+        return sum(lane.batch.size for lane in self._lanes)
+
     def _add(self, messages: list[Any]) -> None:
         good = messages
         if any(m.error() is not None for m in messages):
@@ -227,41 +252,77 @@ class ConsumerLoop:
                     self._kafka_errors.on_error(err)
         if good:
             self._kafka_errors.topic_seen()
-        self._batch.add(good)
-        self._metrics.buffered_events.set(self._batch.size)
+        if len(self._lanes) == 1:
+            self._lanes[0].batch.add(good)
+        else:
+            routed: dict[int, list[Any]] = {}
+            lane_of = self._lane_of
+            for m in good:
+                routed.setdefault(lane_of[m.partition()].index, []).append(m)
+            for index, routed_messages in routed.items():
+                self._lanes[index].batch.add(routed_messages)
+        self._metrics.buffered_events.set(self._buffered())
 
-    def _maybe_flush(self) -> None:
-        batch = self._batch
-        now = self._clock()
-        due = batch.size >= self._max_batch or (batch.size > 0 and batch.age_s() >= self._interval_s)
+    def _due(self, lane: Lane, now: float) -> bool:
+        batch = lane.batch
+        if batch.size >= self._max_batch:
+            return True
+        if batch.size > 0:
+            age = batch.age_s()
+            # Adaptive: an idle lane flushes once its batch is a linger old, so a quiet
+            # ledger is written at once and a busy one builds batches while it waits.
+            if age >= self._interval_s or (self._linger_s is not None and age >= self._linger_s):
+                return True
         # Every flush adopts parked children whose parents are stored, whoever wrote
         # the parent; an idle worker re-checks now and then for a parent another
         # worker committed at the same moment as the child was parked.
-        due = due or (self._parked_waiting > 0 and now - self._last_flush_at >= 10 * self._interval_s)
-        if due and self._flusher.idle():
-            self._submit()
-        elif batch.size >= self._max_buffered and self._paused_since is None:
+        return lane.parked_waiting > 0 and now - lane.last_flush_at >= 10 * self._interval_s
+
+    def _maybe_flush(self) -> None:
+        now = self._clock()
+        for lane in self._lanes:
+            if lane.flusher.idle() and self._due(lane, now):
+                self._submit(lane)
+        blocked = self._blocked_lane() if self._paused_since is None else None
+        if blocked is not None:
             waited_from = self._clock()
-            finished = self._flusher.wait_idle(_BACKPRESSURE_WAIT_S)
+            finished = blocked.flusher.wait_idle(_BACKPRESSURE_WAIT_S)
             self._metrics.paused_seconds.inc(max(0.0, self._clock() - waited_from))
             if finished:
                 self._collect()
-                self._submit()
+                self._submit(blocked)
             else:  # a long flush or a database outage: keep polling for group callbacks
                 self._pause()
 
-    def _submit(self) -> None:
-        batch, self._batch = self._batch, self._new_batch()
-        self._last_flush_at = self._clock()
-        self._flusher.submit(batch)
-        self._metrics.buffered_events.set(0)
-        if self._paused_since is not None:
+    def _blocked_lane(self) -> Lane | None:
+        """A lane whose batch is full (N) while its flush runs, or the fullest when the buffers are."""
+        fullest = max(self._lanes, key=lambda lane: lane.batch.size)
+        if fullest.batch.size >= self._max_batch or self._buffered() >= self._max_buffered:
+            return fullest
+        return None
+
+    def _room(self) -> int:
+        """Messages the next poll may take: no lane's batch passes N, nor the buffers their bound,
+        whichever lane the messages are for."""
+        fullest = max(lane.batch.size for lane in self._lanes)
+        return min(self._max_buffered - self._buffered(), self._max_batch - fullest, _MAX_POLL_MESSAGES)
+
+    def _submit(self, lane: Lane) -> None:
+        batch, lane.batch = lane.batch, self._new_batch()
+        lane.last_flush_at = self._clock()
+        lane.flusher.submit(batch)
+        self._metrics.buffered_events.set(self._buffered())
+        if self._paused_since is not None and self._blocked_lane() is None:
             self._resume()
 
     def _collect(self) -> None:
-        """Takes a finished flush's report and commits its offsets to Kafka."""
+        for lane in self._lanes:
+            self._collect_lane(lane)
+
+    def _collect_lane(self, lane: Lane) -> None:
+        """Takes a lane's finished flush report and commits its partitions' offsets to Kafka."""
         try:
-            report = self._flusher.take_result()
+            report = lane.flusher.take_result()
         except FlushFailed as exc:
             if isinstance(exc.__cause__, DeadLetterFlood):
                 self._halt(str(exc.__cause__))
@@ -271,10 +332,12 @@ class ConsumerLoop:
             return
         self._last_progress_at = self._clock()
         progress = self._progress
-        # Orphans of partitions given up meanwhile stay behind: their saved offset
-        # points at them, so the new owner reads them again.
-        self._batch.carry([o for o in report.carried if o.partition in progress.assigned], report.end_offsets)
-        self._parked_waiting = report.parked_waiting
+        # Orphans of partitions given up (or moved to another lane) meanwhile stay
+        # behind: their saved offset points at them, so the owner reads them again.
+        lane.batch.carry(
+            [o for o in report.carried if self._lane_of.get(o.partition) is lane], report.end_offsets
+        )
+        lane.parked_waiting = report.parked_waiting
         committable = progress.saved(report.saved_offsets, report.newest_event_ms)
         to_commit = [TopicPartition(self._topic, p, o) for p, o in committable.items()]
         if to_commit:
@@ -283,25 +346,36 @@ class ConsumerLoop:
             except Exception as exc:  # PostgreSQL holds the truth; a failed Kafka commit costs nothing
                 log.debug("Kafka commit failed: %s", exc)
 
+    def _wait_all_idle(self, deadline: float) -> bool:
+        return all(lane.flusher.wait_idle(max(0.0, deadline - self._clock())) for lane in self._lanes)
+
     def _drain(self, deadline: float) -> bool:
-        """Writes everything held (in flight and buffered); True if all of it committed."""
-        if not self._flusher.wait_idle(max(0.0, deadline - self._clock())):
+        """Writes everything held (in flight and buffered) in every lane; True if all of it committed."""
+        if not self._wait_all_idle(deadline):
             return False
         self._collect()
-        if self._batch.size > 0:
-            # No later batch will take orphans: park them.
-            self._batch.carry_policy = CarryPolicy(self._batch.carry_policy.max_carries, closing=True)
-            self._submit()
-            if not self._flusher.wait_idle(max(0.0, deadline - self._clock())):
+        submitted = False
+        for lane in self._lanes:
+            if lane.batch.size > 0:
+                # No later batch will take orphans: park them.
+                lane.batch.carry_policy = CarryPolicy(lane.batch.carry_policy.max_carries, closing=True)
+                self._submit(lane)
+                submitted = True
+        if submitted:
+            if not self._wait_all_idle(deadline):
                 return False
             self._collect()
         return True
 
     def _halt(self, why: str) -> None:
         """Stops consuming for good (until a restart) and keeps the stored offsets: nothing
-        of the refused batch, or of what was read after it, is committed."""
+        of the refused batch, or of what was read after it, is committed. Another lane's
+        flush that trips the breaker too adds nothing."""
+        if self.halted is not None:
+            return
         self.halted = why
-        self._batch = self._new_batch()
+        for lane in self._lanes:
+            lane.batch = self._new_batch()
         self._metrics.buffered_events.set(0)
         assignment = self._consumer.assignment()
         if assignment:
@@ -328,18 +402,40 @@ class ConsumerLoop:
         if assignment:
             self._consumer.resume(assignment)
 
+    # -- lanes ----------------------------------------------------------------
+    def _place(self, partitions: Iterable[int]) -> None:
+        """New partitions join the lane with the fewest; a partition keeps its lane while held."""
+        for p in sorted(partitions):
+            if p not in self._lane_of:
+                lane = min(self._lanes, key=lambda lane: (len(lane.partitions), lane.index))
+                lane.partitions.add(p)
+                self._lane_of[p] = lane
+
+    def _unplace(self, partitions: Iterable[int]) -> None:
+        for p in partitions:
+            lane = self._lane_of.pop(p, None)
+            if lane is not None:
+                lane.partitions.discard(p)
+
     # -- rebalance callbacks (run inside consume()) ---------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = [tp.partition for tp in partitions]
         stored = self._stored_offsets(numbers)
         for tp in partitions:
             tp.offset = stored.get(tp.partition, OFFSET_INVALID)
+        self._place(numbers)
         consumer.incremental_assign(partitions)
         self._kafka_errors.topic_seen()
         if self._paused_since is not None or self.halted is not None:
             consumer.pause(partitions)
         self._progress.assign(numbers, stored)
-        log.info("[DB-EXPORTER] Assigned partitions %s, resuming at %s", sorted(numbers), stored)
+        lanes = {lane.index: sorted(lane.partitions) for lane in self._lanes}
+        log.info(
+            "[DB-EXPORTER] Assigned partitions %s, resuming at %s%s",
+            sorted(numbers),
+            stored,
+            f"; lanes {lanes}" if len(self._lanes) > 1 else "",
+        )
 
     def _stored_offsets(self, partitions: list[int]) -> dict[int, int]:
         delay = 0.2
@@ -371,12 +467,16 @@ class ConsumerLoop:
                     "[DB-EXPORTER] Gave up partitions %s with writes left for the next owner", numbers
                 )
             self._progress.revoke(numbers)
+            self._unplace(numbers)
             return
+        # Every lane is drained, not only the revoked partitions' lanes: a lane's batch
+        # may hold children of their parents, and a drain is rare and short.
         if not self._drain(self._clock() + self._deadline_s):
             # The new owner reads from exporter_offsets, so nothing is lost; but our
             # buffer may mix partitions we keep, so restart cleanly rather than guess.
             raise FatalError(f"could not flush before giving up partitions {numbers}")
         self._progress.revoke(numbers)
+        self._unplace(numbers)
         for p in numbers:
             self._forget_lag(p)
         log.info("[DB-EXPORTER] Revoked partitions %s after flushing", numbers)
@@ -385,8 +485,10 @@ class ConsumerLoop:
         # Lost, not revoked: another member may own them already. Drop what we
         # hold; it is not committed, and the owner re-reads it from exporter_offsets.
         numbers = sorted(tp.partition for tp in partitions)
-        self._batch = self._new_batch()
+        for lane in self._lanes:
+            lane.batch = self._new_batch()
         self._progress.revoke(numbers)
+        self._unplace(numbers)
         for p in numbers:
             self._forget_lag(p)
         log.warning("[DB-EXPORTER] Lost partitions %s; dropped the unflushed buffer", numbers)
@@ -416,7 +518,8 @@ class ConsumerLoop:
         try:
             if self.halted is None and not self._drain(deadline):
                 log.warning("[DB-EXPORTER] Shutdown deadline passed; unflushed events will be read again")
-                self._flusher.abandon()
+                for lane in self._lanes:
+                    lane.flusher.abandon()
         except FatalError as exc:
             log.error("[DB-EXPORTER] %s", exc)
         committed = [TopicPartition(self._topic, p, o) for p, o in self._progress.committable().items()]

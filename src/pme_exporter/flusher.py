@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from tenacity import Retrying, retry_if_exception, stop_any, wait_exponential_jitter
 from tenacity.stop import stop_base
@@ -47,6 +47,7 @@ class Flusher:
         on_report: Callable[[FlushReport], None],
         on_retry: Callable[[BaseException], None],
         max_backoff_s: float = 10.0,
+        name: str = "pme-flusher",
     ) -> None:
         self._sink = sink
         self._on_report = on_report
@@ -59,7 +60,7 @@ class Flusher:
         self._abandoned = False
         self._closed = False
         self.retrying_since: float | None = None
-        self._thread = threading.Thread(target=self._run, name="pme-flusher", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def idle(self) -> bool:
@@ -99,11 +100,13 @@ class Flusher:
     def close(self, timeout_s: float = 5.0) -> None:
         """Stops the thread; a write still running after ``timeout_s`` is left to die with the process
         (its transaction never commits, so its batch is read again)."""
+        close_all([self], timeout_s)
+
+    def _request_close(self) -> None:
         with self._lock:
             self._closed = True
             self._abandoned = True
             self._lock.notify_all()
-        self._thread.join(timeout=timeout_s)
 
     def _run(self) -> None:
         while True:
@@ -144,3 +147,12 @@ class Flusher:
         if exc is not None:
             self._on_retry(exc)
             log.warning("[DB-EXPORTER] Database write failed, retrying: %s", exc)
+
+
+def close_all(flushers: Sequence[Flusher], timeout_s: float) -> None:
+    """Closes every lane's flusher within one ``timeout_s`` in all, not one each."""
+    deadline = time.monotonic() + timeout_s
+    for flusher in flushers:
+        flusher._request_close()
+    for flusher in flushers:
+        flusher._thread.join(timeout=max(0.0, deadline - time.monotonic()))

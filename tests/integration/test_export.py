@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import orjson
 import psycopg
 
-from pme_exporter.devtools.generator import ends_of, publish
+from pme_exporter.devtools.generator import ends_of, publish, trading_day
 from pme_exporter.settings import Settings
-from tests.helpers import ExporterThread, valid_only, wait_exported
+from tests.helpers import ExporterProcess, ExporterThread, valid_only, wait_exported
 from tests.model import apply_events, diff, snapshot
 from tests.stack import Stack
 
@@ -199,6 +201,43 @@ def test_children_before_their_parents_on_another_partition_all_land(
     assert parked == (0,)
     expected = apply_events(valid_only(first + second))
     assert len(expected["contracts"]) == 50 and len(expected["order_acks"]) == 50
+    assert actual == expected, diff(expected, actual)
+
+
+def test_two_lanes_with_children_on_one_lane_and_their_parents_on_the_other(
+    stack: Stack, settings: Settings, make_topic: Callable[[int], str], tmp_path: Path
+) -> None:
+    topic = make_topic(2)
+    # A trading day split by kind: parents on partition 1 (lane 1), children on partition 0 (lane 0),
+    # so every child's parent is written by the other lane's transactions, at their own pace.
+    children = {b'"OrderAck"', b'"OrderNak"', b'"Contract"'}
+    day = [
+        (0 if v and any(kind in v for kind in children) else 1, k, v) for k, v in trading_day(1_500, seed=41)
+    ]
+    s = settings.replace(
+        kafka_topic=topic,
+        kafka_group_id=topic,
+        flush_lanes=2,
+        max_batch_events=300,
+        max_buffered_events=600,
+        flush_interval_ms=50,
+    )
+    worker = ExporterProcess(s, tmp_path / "exporter.log")
+    located: list[tuple[int, int, bytes | None]] = []
+    try:
+        for start in range(0, len(day), 1_000):  # published while the worker runs
+            located += publish(stack.kafka_url, topic, day[start : start + 1_000])
+        wait_exported(s.conninfo(), topic, ends_of(located))
+    finally:
+        assert worker.terminate() == 0, worker.log_tail()
+    log = worker.log_tail(2_000)
+    assert "lanes {0: [0], 1: [1]}" in log
+    assert sum(int(n) for n in re.findall(r"(\d+) carried", log)) > 0  # children did wait for the other lane
+    expected = apply_events(valid_only(located))
+    with psycopg.connect(s.conninfo()) as conn:
+        actual = snapshot(conn)
+        parked = conn.execute("SELECT count(*) FROM exporter_parked_children").fetchone()
+    assert parked == (0,)
     assert actual == expected, diff(expected, actual)
 
 

@@ -78,6 +78,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
         kafka_topic=topic,
         kafka_group_id=topic,
         kafka_group_instance_id="crash-worker",
+        flush_lanes=2,
         max_batch_events=3_000,
         max_buffered_events=6_000,
         flush_interval_ms=100,

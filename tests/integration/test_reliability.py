@@ -167,6 +167,7 @@ def test_sigterm_during_a_long_isolating_flush_exits_within_the_deadline_and_los
         max_batch_events=40_000,
         max_buffered_events=40_000,
         flush_interval_ms=5_000,
+        flush_linger_ms=0,  # one batch of all 40,000
     )
     worker = ExporterProcess(s, tmp_path / "exporter.log")
     try:

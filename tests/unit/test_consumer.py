@@ -43,15 +43,23 @@ def harness() -> Iterator[
     threads: list[tuple[threading.Thread, threading.Event]] = []
 
     def start(
-        max_batch: int = 10, interval_ms: int = 1000, bound: int = 20, stored: dict[int, int] | None = None
+        max_batch: int = 10,
+        interval_ms: int = 1000,
+        bound: int = 20,
+        stored: dict[int, int] | None = None,
+        linger_ms: int = 0,
+        lanes: int = 1,
+        partitions: tuple[int, ...] = (0, 1),
     ) -> tuple[FakeConsumer, MemorySink, Clock, threading.Event, ConsumerLoop]:
-        consumer, sink, clock, stop = FakeConsumer([0, 1]), MemorySink(stored), Clock(), threading.Event()
-        flusher = Flusher(sink, on_report=lambda r: None, on_retry=lambda e: None)
+        consumer, sink = FakeConsumer(list(partitions)), MemorySink(stored)
+        clock, stop = Clock(), threading.Event()
+        flushers = [Flusher(sink, on_report=lambda r: None, on_retry=lambda e: None) for _ in range(lanes)]
         loop = ConsumerLoop(
             consumer=consumer,  # type: ignore[arg-type]
             topic="t",
             sink=sink,
-            flusher=flusher,
+            flushers=flushers,
+            flush_linger_ms=linger_ms,
             metrics=Metrics(),
             max_batch_events=max_batch,
             flush_interval_ms=interval_ms,
@@ -186,3 +194,48 @@ def test_lost_partitions_drop_the_unflushed_buffer_and_commit_nothing_for_them(h
     wait_for(lambda: consumer.closed)
     assert sum(b.size for b in sink.batches) == 0 and sink.applied == []
     assert all(0 not in c for c in consumer.commits)
+
+
+def test_adaptive_flushing_writes_a_single_event_after_the_linger_not_after_the_interval(
+    harness: Any,
+) -> None:
+    consumer, sink, clock, _stop, _loop = harness(
+        max_batch=1000, interval_ms=60_000, bound=2000, linger_ms=20
+    )
+    with consumer.lock:
+        consumer.queue.append(FakeMessage(order(1), 0, 0))
+    wait_for(lambda: not consumer.queue)
+    clock.now += 0.019
+    time.sleep(0.05)
+    assert sink.batches == []  # younger than the linger
+    clock.now += 0.002
+    wait_for(lambda: len(sink.batches) == 1)
+    assert sink.batches[0].size == 1 and clock.now - 1000.0 < 60  # long before T
+
+
+def test_a_backlog_still_yields_batches_of_n_with_adaptive_flushing(harness: Any) -> None:
+    consumer, sink, clock, _stop, _loop = harness(max_batch=10, interval_ms=60_000, bound=40, linger_ms=20)
+    sink.gate.clear()  # the database is slow: the backlog builds while the first batch is written
+    with consumer.lock:
+        consumer.queue.extend(FakeMessage(order(i), 0, i) for i in range(35))
+    time.sleep(0.1)
+    sink.gate.set()
+    wait_for(lambda: sum(b.size for b in sink.batches) == 30)
+    clock.now += 0.05  # the last five wait only for the linger
+    wait_for(lambda: sum(b.size for b in sink.batches) == 35)
+    assert [b.size for b in sink.batches] == [10, 10, 10, 5]
+
+
+def test_lanes_own_their_partitions_and_flush_them_apart(harness: Any) -> None:
+    consumer, sink, clock, _stop, loop = harness(
+        max_batch=1000, interval_ms=500, bound=2000, lanes=2, partitions=(0, 1, 2, 3)
+    )
+    wait_for(lambda: len(consumer.assigned) == 4)
+    assert [sorted(lane.partitions) for lane in loop.lanes] == [[0, 2], [1, 3]]
+    with consumer.lock:
+        consumer.queue.extend(FakeMessage(order(10 * p + i), p, i) for p in range(4) for i in range(3))
+    wait_for(lambda: not consumer.queue)
+    clock.now += 0.6
+    wait_for(lambda: len(sink.batches) == 2)
+    assert sorted(sorted(b.next_offsets) for b in sink.batches) == [[0, 2], [1, 3]]
+    wait_for(lambda: {p: o for c in consumer.commits for p, o in c.items()} == {0: 3, 1: 3, 2: 3, 3: 3})
