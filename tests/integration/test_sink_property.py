@@ -148,24 +148,34 @@ def test_any_batch_cut_and_replay_equals_the_model(
 
     _truncate(sink_conninfo)
     decoder = Decoder()
-    start = 0
-    previous: Batch | None = None
-    carried: list[Orphan] = []
-    ends: dict[int, int] = {}
-    while start < len(messages) or carried:
-        size = data.draw(st.integers(0 if carried else 1, len(messages) - start), label="batch size")
+    # Flush lanes: each owns some partitions and writes its own batches, carrying its own
+    # orphans; which lane commits next is drawn, as concurrent lanes may commit in any order.
+    lanes = data.draw(st.integers(1, 2), label="lanes")
+    streams = [[m for m in messages if m.partition() % lanes == lane] for lane in range(lanes)]
+    starts = [0] * lanes
+    previous: list[Batch | None] = [None] * lanes
+    carried: list[list[Orphan]] = [[] for _ in range(lanes)]
+    ends: list[dict[int, int]] = [{} for _ in range(lanes)]
+    while any(starts[i] < len(streams[i]) or carried[i] for i in range(lanes)):
+        lane = data.draw(
+            st.sampled_from([i for i in range(lanes) if starts[i] < len(streams[i]) or carried[i]]),
+            label="lane",
+        )
+        stream, start = streams[lane], starts[lane]
+        size = data.draw(st.integers(0 if carried[lane] else 1, len(stream) - start), label="batch size")
         # A closing batch (before partitions are given up) parks its orphans instead of carrying them.
         closing = data.draw(st.booleans(), label="closing")
         batch = Batch(decoder=decoder, carry_policy=CarryPolicy(closing=closing))
-        batch.add(messages[start : start + size])  # type: ignore[arg-type]
-        batch.carry(carried, ends)
+        batch.add(stream[start : start + size])  # type: ignore[arg-type]
+        batch.carry(carried[lane], ends[lane])
         report = sink.write(batch)
         assert all(report.saved_offsets[o.partition] <= o.offset for o in report.carried)
-        carried, ends = report.carried, report.end_offsets
-        if previous is not None and data.draw(st.booleans(), label="replay previous batch"):
-            sink.write(previous)
-        previous = batch
-        start += size
+        carried[lane], ends[lane] = report.carried, report.end_offsets
+        before = previous[lane]
+        if before is not None and data.draw(st.booleans(), label="replay previous batch"):
+            sink.write(before)
+        previous[lane] = batch
+        starts[lane] += size
 
     expected = apply_events((m.partition(), m.offset(), m.value() or b"") for m in messages)
     with psycopg.connect(sink_conninfo) as conn:
