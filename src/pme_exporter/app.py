@@ -21,6 +21,7 @@ from pme_exporter.errors import ConfigError, KafkaFatalError, Stopped, is_retrya
 from pme_exporter.flusher import Flusher, close_all
 from pme_exporter.metrics import HealthServer, Metrics
 from pme_exporter.migrate import migrate
+from pme_exporter.schema import live_column_types
 from pme_exporter.settings import Settings
 from pme_exporter.sink import FlushReport, PostgresSink, count_outcomes
 
@@ -215,6 +216,10 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
     applied = migrate_with_retry(settings, stop)
     log.info("[DB-EXPORTER] Database schema ready (%d migrations applied now)", len(applied))
     wait_for_kafka(settings, stop)
+    # Values are judged against the column types as they are now; after altering a
+    # column, restart the workers (and redrive what the old type refused).
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        column_types = live_column_types(conn)
 
     sink = PostgresSink(
         conninfo=settings.conninfo(),
@@ -223,6 +228,7 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         idle_in_transaction_timeout_ms=settings.db_idle_in_transaction_timeout_ms,
         breaker=DeadLetterBreaker(window=settings.breaker_window, ratio=settings.breaker_ratio),
         pool_max_size=settings.flush_lanes + 1,
+        column_types=column_types,
     )
 
     def on_report(report: FlushReport) -> None:
@@ -273,6 +279,7 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         max_buffered_events=settings.max_buffered_events,
         shutdown_deadline_s=settings.shutdown_deadline_s,
         max_message_bytes=settings.max_message_bytes,
+        column_types=column_types,
         kafka_errors=kafka_errors,
     )
 

@@ -15,10 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pme_exporter.decode import Decoder
-from pme_exporter.errors import DecodeError
+from pme_exporter.decode import Decoder, instant_of
+from pme_exporter.errors import DecodeError, ValueRefused
 from pme_exporter.progress import CarryPolicy
-from pme_exporter.schema import BY_TABLE, TableSpec
+from pme_exporter.schema import BY_TABLE, Kind, TableSpec
 
 
 class Message(Protocol):
@@ -108,7 +108,10 @@ def dead_letter_for(
     exc: Exception, partition: int, offset: int, key: bytes | None, value: bytes
 ) -> DeadLetter:
     """The dead letter for a message whose decoding raised ``exc``: its reason when it is a
-    DecodeError, else ``internal`` (a decoder bug costs one message, never the partition)."""
+    DecodeError (a value its column cannot hold is a ``database`` refusal, with PostgreSQL's
+    SQLSTATE), else ``internal`` (a decoder bug costs one message, never the partition)."""
+    if isinstance(exc, ValueRefused):
+        return DeadLetter(partition, offset, key, value, "database", exc.reason, exc.detail, exc.sqlstate)
     if isinstance(exc, DecodeError):
         return DeadLetter(partition, offset, key, value, "decode", exc.reason, exc.detail)
     return DeadLetter(
@@ -135,6 +138,12 @@ class TableRows:
     sources: list[Source] = field(default_factory=list)
     # Where each row's line starts in copy_data, so one row's text can be taken back.
     starts: array[int] = field(default_factory=lambda: array("q"))
+    # Collapse (``spec.collapsible``): per key, the seq of its newest version by
+    # (ts, partition, offset), and the least ts seen (instant, text). Every version
+    # stays in copy_data, so a batch PostgreSQL refuses can be written uncollapsed.
+    winners: dict[Any, int] = field(default_factory=dict)
+    least: dict[Any, tuple[int, str]] = field(default_factory=dict)
+    instants: array[int] = field(default_factory=lambda: array("q"))
 
     def add(self, partition: int, offset: int, key: bytes | None, value: bytes, text: str) -> None:
         # Encoded here, in the consumer thread, so the flusher hands PostgreSQL
@@ -142,6 +151,44 @@ class TableRows:
         self.starts.append(len(self.copy_data))
         self.copy_data += f"{len(self.sources)}\t{partition}\t{offset}\t{text}\n".encode()
         self.sources.append((partition, offset, key, value))
+
+    def add_version(
+        self, partition: int, offset: int, key: bytes | None, value: bytes, text: str, entity: Any, ts: str
+    ) -> None:
+        """``add`` for a collapsible table: also keeps the key's newest version and least ts."""
+        seq = len(self.sources)
+        self.add(partition, offset, key, value, text)
+        instant = instant_of(ts)
+        self.instants.append(instant)
+        current = self.winners.get(entity)
+        if current is None:
+            self.winners[entity] = seq
+            self.least[entity] = (instant, ts)
+            return
+        held = self.sources[current]
+        if (instant, partition, offset) > (self.instants[current], held[0], held[1]):
+            self.winners[entity] = seq
+        if instant < self.least[entity][0]:
+            self.least[entity] = (instant, ts)
+
+    @property
+    def collapsed(self) -> bool:
+        return bool(self.winners)
+
+    @property
+    def superseded(self) -> int:
+        """Versions a collapsed COPY leaves out: each lost to a newer one of its key."""
+        return len(self.sources) - len(self.winners) if self.winners else 0
+
+    def collapsed_copy(self) -> bytearray:
+        """Each key's newest version as a staging line, with the key's least ts appended."""
+        out = bytearray()
+        data, starts, least, n = self.copy_data, self.starts, self.least, len(self.starts)
+        for entity, seq in self.winners.items():
+            end = starts[seq + 1] if seq + 1 < n else len(data)
+            out += data[starts[seq] : end - 1]
+            out += f"\t{least[entity][1]}\n".encode()
+        return out
 
     def row_text(self, seq: int) -> str:
         """Row ``seq``'s COPY text as ``add`` took it (without seq, partition and offset)."""
@@ -170,6 +217,9 @@ class Batch:
     # What the sink does with this batch's orphans; the last batch before partitions
     # are given up gets a closing policy (orphans are parked, not carried).
     carry_policy: CarryPolicy = field(default_factory=CarryPolicy)
+    # Keep only each key's newest version of collapsible tables for the COPY (README
+    # "How it works"); off, every version is staged and PostgreSQL picks the newest.
+    collapse: bool = True
 
     def add(self, messages: list[Message]) -> None:
         """Decodes and buffers messages; invalid ones become dead letters, never exceptions."""
@@ -177,7 +227,7 @@ class Batch:
             return
         if self.started_at is None:
             self.started_at = self.clock()
-        decode = self.decoder.decode
+        decode = self.decoder.decode_envelope
         tables = self.tables
         next_offsets = self.next_offsets
         by_type = self.events_by_type
@@ -190,7 +240,7 @@ class Batch:
                 self.tombstones += 1
                 continue
             try:
-                spec, text = decode(value)
+                spec, text, envelope = decode(value)
             except Exception as exc:
                 self.dead_letters.append(dead_letter_for(exc, partition, offset, msg.key(), value))
                 by_type["invalid"] += 1
@@ -199,7 +249,13 @@ class Batch:
             buf = tables.get(spec.table)
             if buf is None:
                 buf = tables[spec.table] = TableRows(spec)
-            buf.add(partition, offset, msg.key(), value, text)
+            if spec.collapsible and self.collapse:
+                entity = envelope["data"][spec.key]
+                if type(entity) is str and spec.key_kind is Kind.INTEGER:
+                    entity = int(entity)  # "042" and 42 are one key to PostgreSQL
+                buf.add_version(partition, offset, msg.key(), value, text, entity, envelope["ts"])
+            else:
+                buf.add(partition, offset, msg.key(), value, text)
         self.size += len(messages)
         self.newest_event_ms = max(self.newest_event_ms, messages[-1].timestamp()[1])
 

@@ -493,7 +493,8 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
         exported = sum(result.bounds.values())
         print(
             f"topic {result.topic}: {result.messages} messages read up to the exported offsets ({exported}),"
-            f" {result.tombstones} tombstones, {result.decode_failures} failing decoding"
+            f" {result.tombstones} tombstones, {result.decode_failures} failing decoding,"
+            f" {result.refused} with values their columns cannot hold"
             + ("" if result.sample >= 1 else f", keys sampled: {result.sample:g}")
         )
         shown = (

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,6 +168,7 @@ class ConsumerLoop:
         shutdown_deadline_s: float,
         flush_linger_ms: int = 0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        column_types: Mapping[str, Mapping[str, str]] | None = None,
         kafka_errors: KafkaErrorPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -177,7 +178,7 @@ class ConsumerLoop:
         self._topic = topic
         self._sink = sink
         self._metrics = metrics
-        self._decoder = Decoder(max_message_bytes)
+        self._decoder = Decoder(max_message_bytes, column_types)
         self._max_batch = max_batch_events
         self._interval_s = flush_interval_ms / 1000.0
         # 0 turns adaptive flushing off: a batch waits for N events or T ms.

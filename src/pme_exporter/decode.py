@@ -12,9 +12,14 @@ of every value (README "Value encodings"): timestamps and dates by an RFC 3339
 / ISO 8601 grammar with years 0001-9999, times as ``HH:MM:SS[.ffffff]``,
 integers as ASCII digits, decimals as finite decimal numbers. So none of
 PostgreSQL's own words (``infinity``, ``today``, ``allballs``, ``NaN``, `` 42 ``)
-ever reaches it as a value. What PostgreSQL checks, per batch and with a
-SQLSTATE: lengths, precisions and ranges against the column types, and calendar
-validity (``2025-02-30``); the sink turns those refusals into dead letters.
+ever reaches it as a value. Then whether each value fits its column's declared
+type, as PostgreSQL would judge it: lengths, numeric precision, integer ranges,
+calendar validity (``2025-02-30``). The types are the live ones when the caller
+read them (``schema.live_column_types``), else the design's. A misfit raises
+``ValueRefused`` with PostgreSQL's SQLSTATE: the version becomes a dead letter
+before staging, so the next-newest version of its key wins, in any batch cut.
+What only the database can judge (a unique value held by another key) it still
+judges, and the sink isolates those rows.
 
 Speed: this is the hot path (see README Performance). Each event type gets a
 straight-line function generated from ``schema.TABLES``, and COPY escaping is
@@ -26,13 +31,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Any, NoReturn
 
 import orjson
 
-from pme_exporter.errors import DecodeError
-from pme_exporter.schema import BY_EVENT_TYPE, Kind, TableSpec
+from pme_exporter.errors import DecodeError, ValueRefused
+from pme_exporter.schema import BY_EVENT_TYPE, Kind, TableSpec, declared_limits
 
 NULL = "\\N"
 # An envelope nests 2 deep; anything past this is refused before it is parsed.
@@ -79,12 +86,38 @@ RowCodec = Callable[[dict[str, Any], str, bool, bytes], str]
 _MEMO_LIMIT = 65_536
 
 
-def _memoized(pattern: re.Pattern[str]) -> tuple[set[str], Callable[[str], bool]]:
+class Misfit(Exception):
+    """A value of the right shape that its column's type cannot hold (raised inside a row codec;
+    the decoder names the table)."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+
+
+def misfit(sqlstate: str, message: str) -> NoReturn:
+    raise Misfit(sqlstate, message)
+
+
+def _real_date(v: str) -> bool:
+    try:
+        date(int(v[0:4]), int(v[5:7]), int(v[8:10]))
+    except ValueError:
+        return False
+    return True
+
+
+def _memoized(
+    pattern: re.Pattern[str], real: Callable[[str], bool] | None = None
+) -> tuple[set[str], Callable[[str], bool]]:
     passed: set[str] = set()
 
     def check(v: str) -> bool:
         if pattern.fullmatch(v) is None:
             return False
+        if real is not None and not real(v):
+            misfit("22008", f'date/time field value out of range: "{v}"')
         if len(passed) >= _MEMO_LIMIT:
             passed.clear()
         passed.add(v)
@@ -94,7 +127,26 @@ def _memoized(pattern: re.Pattern[str]) -> tuple[set[str], Callable[[str], bool]
 
 
 def is_timestamp(ts: str) -> bool:
+    """An RFC 3339 timestamp of the grammar above (the calendar is not checked here)."""
     return TIMESTAMP_TEXT.fullmatch(ts) is not None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def instant_of(ts: str) -> int:
+    """Microseconds since the epoch of a timestamp of the grammar above, its fraction rounded
+    to the microsecond the way PostgreSQL rounds its input (``rint``: half to even)."""
+    text = ts.upper()  # RFC 3339 allows t and z; fromisoformat does not
+    dot = text.find(".")
+    if dot < 0:
+        return (datetime.fromisoformat(text) - _EPOCH) // _MICROSECOND
+    end = dot + 1
+    while end < len(text) and text[end].isdigit():
+        end += 1
+    whole = datetime.fromisoformat(text[:dot] + text[end:])
+    return (whole - _EPOCH) // _MICROSECOND + round(float("0." + text[dot + 1 : end]) * 1_000_000)
 
 
 def escape(text: str) -> str:
@@ -145,9 +197,39 @@ def exact_number_text(raw: bytes, name: str) -> str:
     return str(json.loads(raw, parse_float=str)["data"][name])
 
 
-def _column_code(event_type: str, i: int, name: str, kind: Kind, null: str) -> list[str]:
+_INT_NAMES = {16: "smallint", 32: "integer", 64: "bigint"}
+
+
+def _numeric_fit(precision: int, scale: int) -> Callable[[str], bool]:
+    """Whether a decimal text fits NUMERIC(precision, scale) once rounded as PostgreSQL rounds
+    (half away from zero); memoized, as amounts repeat."""
+    step = Decimal(1).scaleb(-scale)
+    bound = Decimal(10) ** (precision - scale)
+    context = Context(prec=2 * precision + 10)
+    fitting: set[str] = set()
+
+    def fits(v: str) -> bool:
+        if v in fitting:
+            return True
+        try:
+            ok = abs(Decimal(v).quantize(step, rounding=ROUND_HALF_UP, context=context)) < bound
+        except InvalidOperation:  # too many digits to even round: it does not fit
+            return False
+        if ok:
+            if len(fitting) >= _MEMO_LIMIT:
+                fitting.clear()
+            fitting.add(v)
+        return ok
+
+    return fits
+
+
+def _column_code(
+    event_type: str, i: int, name: str, kind: Kind, null: str, sql_type: str, namespace: dict[str, Any]
+) -> list[str]:
     v = f"v{i}"
     where = f"{event_type!r}, {name!r}"
+    max_chars, numeric, bits = declared_limits(sql_type)
     lines = [f"    {v} = get({name!r})", f"    if {v} is None:", f"        {v} = {null}"]
     if kind is Kind.BOOLEAN:
         lines += [
@@ -166,19 +248,50 @@ def _column_code(event_type: str, i: int, name: str, kind: Kind, null: str) -> l
             "    else:",
             f"        bad_value({where}, {kind.name}, {v})",
         ]
-    elif kind in (Kind.INTEGER, Kind.DECIMAL):
+    elif kind is Kind.INTEGER:
+        if bits is None:
+            bits = 64  # the staging cast is to bigint
+        low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        out_of_range = (
+            f"misfit('22003', 'value \"' + str({v}) + '\" is out of range for type {_INT_NAMES[bits]}')"
+        )
         lines += [
-            f"    elif type({v}) is str and ({v} in {kind.name}_PASSED or {kind.name}_CHECK({v})):",
+            f"    elif type({v}) is int:",
+            f"        if not {low} <= {v} <= {high}:",
+            f"            {out_of_range}",
+            f"        {v} = str({v})",
+            f"    elif type({v}) is str and ({v} in INTEGER_PASSED or INTEGER_CHECK({v})):",
+            f"        if not {low} <= int({v}) <= {high}:",
+            f"            {out_of_range}",
+            "    else:",
+            f"        bad_value({where}, INTEGER, {v})",
+        ]
+    elif kind is Kind.DECIMAL:
+        lines += [
+            f"    elif type({v}) is str and ({v} in DECIMAL_PASSED or DECIMAL_CHECK({v})):",
             "        pass",
             f"    elif type({v}) is int:",
             f"        {v} = str({v})",
+            f"    elif type({v}) is float:",
+            f"        {v} = exact_number_text(raw, {name!r})",
+            "    else:",
+            f"        bad_value({where}, DECIMAL, {v})",
         ]
-        if kind is Kind.DECIMAL:
-            lines += [f"    elif type({v}) is float:", f"        {v} = exact_number_text(raw, {name!r})"]
-        lines += ["    else:", f"        bad_value({where}, {kind.name}, {v})"]
-    else:  # TEXT: any string; PostgreSQL checks its length
+        if numeric is not None:
+            namespace[f"fits_{i}"] = _numeric_fit(*numeric)
+            lines += [
+                f"    if {v} is not {null} and not fits_{i}({v}):",
+                "        misfit('22003', 'numeric field overflow')",
+            ]
+    else:  # TEXT: any string, as long as its column's type allows
+        lines += [f"    elif type({v}) is str:"]
+        if max_chars is not None:
+            # PostgreSQL cuts trailing spaces past the length silently; anything else is refused.
+            lines += [
+                f"        if len({v}) > {max_chars} and {v}[{max_chars}:].strip(' '):",
+                f"            misfit('22001', 'value too long for type character varying({max_chars})')",
+            ]
         lines += [
-            f"    elif type({v}) is str:",
             f"        {v} = esc({v}) if escaping else {v}",
             "    else:",
             f"        wrong_type({where}, TEXT, {v})",
@@ -186,27 +299,42 @@ def _column_code(event_type: str, i: int, name: str, kind: Kind, null: str) -> l
     return lines
 
 
-_MEMOS = {
-    Kind.TIMESTAMPTZ: _memoized(TIMESTAMP_TEXT),
-    Kind.DATE: _memoized(DATE_TEXT),
+_MEMOS: dict[Kind, tuple[set[str], Callable[[str], bool]]] = {
+    Kind.TIMESTAMPTZ: _memoized(TIMESTAMP_TEXT, _real_date),
+    Kind.DATE: _memoized(DATE_TEXT, _real_date),
     Kind.TIME: _memoized(TIME_TEXT),
     Kind.INTEGER: _memoized(INTEGER_TEXT),
     Kind.DECIMAL: _memoized(DECIMAL_TEXT),
 }
 
 
-def compile_row_codec(spec: TableSpec) -> RowCodec:
-    """A straight-line function data -> COPY text for one event type."""
+_TS_PASSED, _TS_CHECK = _MEMOS[Kind.TIMESTAMPTZ]
+
+
+def compile_row_codec(spec: TableSpec, column_types: Mapping[str, str] | None = None) -> RowCodec:
+    """A straight-line function data -> COPY text for one event type; ``column_types`` (live
+    declared types by column) default to the design's."""
+    types = column_types or {}
+    namespace: dict[str, Any] = {}
     body = [f"def row_{spec.event_type}(data, ts, escaping, raw):", "    get = data.get"]
     for i, c in enumerate(spec.columns):
-        body += _column_code(spec.event_type, i, c.name, c.kind, "ts" if c.defaults_to_event_time else "NULL")
+        body += _column_code(
+            spec.event_type,
+            i,
+            c.name,
+            c.kind,
+            "ts" if c.defaults_to_event_time else "NULL",
+            types.get(c.name, c.sql_type),
+            namespace,
+        )
     fields = ", ".join(["ts", *(f"v{i}" for i in range(len(spec.columns)))])
     body.append(f"    return '\\t'.join(({fields},))")
-    namespace: dict[str, Any] = {
+    namespace |= {
         "NULL": NULL,
         "esc": escape,
         "wrong_type": wrong_type,
         "bad_value": bad_value,
+        "misfit": misfit,
         "exact_number_text": exact_number_text,
         **{f"{kind.name}_PASSED": memo[0] for kind, memo in _MEMOS.items()},
         **{f"{kind.name}_CHECK": memo[1] for kind, memo in _MEMOS.items()},
@@ -220,13 +348,24 @@ def compile_row_codec(spec: TableSpec) -> RowCodec:
 class Decoder:
     """Table-driven decoder over ``schema.TABLES``; stateless and thread-safe."""
 
-    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        column_types: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
         self._max_bytes = max_message_bytes
+        types = column_types or {}
         self._plans: dict[str, tuple[TableSpec, RowCodec]] = {
-            event_type: (spec, compile_row_codec(spec)) for event_type, spec in BY_EVENT_TYPE.items()
+            event_type: (spec, compile_row_codec(spec, types.get(spec.table)))
+            for event_type, spec in BY_EVENT_TYPE.items()
         }
 
     def decode(self, value: bytes) -> tuple[TableSpec, str]:
+        spec, text, _envelope = self.decode_envelope(value)
+        return spec, text
+
+    def decode_envelope(self, value: bytes) -> tuple[TableSpec, str, dict[str, Any]]:
+        """``decode``, and the parsed envelope too (its ``ts`` and ``data`` validated)."""
         if len(value) > self._max_bytes:
             raise DecodeError(
                 "too_large", f"value is {len(value)} bytes, more than the {self._max_bytes} allowed"
@@ -246,21 +385,26 @@ class Decoder:
             raise DecodeError("unknown_type", f"unknown event type {show(event_type)}")
         spec, codec = plan
         ts = envelope.get("ts")
-        if type(ts) is not str or TIMESTAMP_TEXT.fullmatch(ts) is None:
-            raise DecodeError(
-                "invalid_ts", f"{spec.event_type}: ts {show(ts)} is not {_EXPECTED[Kind.TIMESTAMPTZ]}"
-            )
-        data = envelope.get("data")
-        if type(data) is not dict:
-            raise DecodeError("missing_data", f"{spec.event_type}: data is missing or not an object")
-        if spec.key is not None and data.get(spec.key) is None:
-            raise DecodeError("missing_key", f"{spec.event_type}: key field {spec.key!r} is missing or null")
-        escaping = b"\\" in value
-        text = codec(data, ts, escaping, value)
+        try:
+            if type(ts) is not str or not (ts in _TS_PASSED or _TS_CHECK(ts)):
+                raise DecodeError(
+                    "invalid_ts", f"{spec.event_type}: ts {show(ts)} is not {_EXPECTED[Kind.TIMESTAMPTZ]}"
+                )
+            data = envelope.get("data")
+            if type(data) is not dict:
+                raise DecodeError("missing_data", f"{spec.event_type}: data is missing or not an object")
+            if spec.key is not None and data.get(spec.key) is None:
+                raise DecodeError(
+                    "missing_key", f"{spec.event_type}: key field {spec.key!r} is missing or null"
+                )
+            escaping = b"\\" in value
+            text = codec(data, ts, escaping, value)
+        except Misfit as exc:
+            raise ValueRefused(spec.table, exc.sqlstate, exc.message) from None
         # PostgreSQL text cannot hold NUL, and one would fail the whole COPY; JSON spells it \u0000.
         if escaping and "\x00" in text:
             raise DecodeError("invalid_value", f"{spec.event_type}: a string contains the NUL character")
-        return spec, text
+        return spec, text, envelope
 
 
 def _json_error(value: bytes, exc: orjson.JSONDecodeError) -> str:

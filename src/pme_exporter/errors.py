@@ -98,3 +98,14 @@ def is_retryable(exc: BaseException) -> bool:
 
 class VerifyError(Exception):
     """``verify`` could not read what Kafka says it holds; the CLI exits with ``EXIT_KAFKA``."""
+
+
+class ValueRefused(DecodeError):
+    """A value that does not fit its column's declared type (too long, out of range, not
+    a real date), judged in Python before PostgreSQL would refuse it: a dead letter of
+    stage ``database`` with the SQLSTATE PostgreSQL gives, so a refused version never
+    reaches staging and the next-newest version of its key wins."""
+
+    def __init__(self, table: str, sqlstate: str, message: str) -> None:
+        super().__init__(f"sqlstate_{sqlstate}", f"{table}: {message}")
+        self.sqlstate = sqlstate

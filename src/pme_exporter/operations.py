@@ -32,7 +32,7 @@ from psycopg import sql
 from pme_exporter.buffers import Batch, InMemoryMessage
 from pme_exporter.decode import Decoder
 from pme_exporter.progress import CarryPolicy, read_stored_offsets
-from pme_exporter.schema import TABLES
+from pme_exporter.schema import TABLES, live_column_types
 from pme_exporter.settings import Settings
 from pme_exporter.sink import PostgresSink
 
@@ -213,9 +213,11 @@ def redrive(settings: Settings, f: DeadLetterFilter) -> list[Redriven]:
             'SELECT id, partition, "offset", msg_key, msg_value FROM exporter_dead_letters WHERE {} ORDER BY id'
         )
         rows = conn.execute(query.format(where), params).fetchall()
+        column_types = live_column_types(conn)  # a column widened since is judged as it is now
     if not rows:
         return []
-    batch = Batch(decoder=Decoder(settings.max_message_bytes), carry_policy=CarryPolicy(closing=True))
+    decoder = Decoder(settings.max_message_bytes, column_types)
+    batch = Batch(decoder=decoder, carry_policy=CarryPolicy(closing=True))
     ids = {}
     for letter_id, partition, offset, key, value in rows:
         ids[(partition, offset)] = letter_id
@@ -229,7 +231,7 @@ def redrive(settings: Settings, f: DeadLetterFilter) -> list[Redriven]:
                 )
             ]
         )
-    sink = PostgresSink(conninfo=settings.conninfo(), topic=settings.kafka_topic)
+    sink = PostgresSink(conninfo=settings.conninfo(), topic=settings.kafka_topic, column_types=column_types)
     try:
         report = sink.write(batch)
     finally:

@@ -7,8 +7,11 @@ test keeps the two in step.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
+from typing import Any
 
 
 class Kind(Enum):
@@ -68,6 +71,8 @@ class TableSpec:
     key: str | None  # the required field: upsert key, or the append table's required field
     columns: tuple[Column, ...]
     parents: tuple[ParentRef, ...] = ()
+    # Columns with a UNIQUE constraint of their own, beside the key.
+    unique: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -76,6 +81,19 @@ class TableSpec:
     @property
     def is_child(self) -> bool:
         return bool(self.parents)
+
+    @cached_property
+    def key_kind(self) -> Kind | None:
+        return next((c.kind for c in self.columns if c.name == self.key), None)
+
+    @cached_property
+    def collapsible(self) -> bool:
+        """Whether a batch may keep only each key's newest version (plus its least ``ts``).
+
+        Not for children: an older version whose parents exist must land while a newer
+        one waits for its parent. Not with another unique column: whether a version
+        clashes depends on the other rows, so each version must meet PostgreSQL."""
+        return self.mode is WriteMode.UPSERT and not self.parents and not self.unique
 
 
 def _c(name: str, sql_type: str, kind: Kind, from_ts: bool = False) -> Column:
@@ -159,6 +177,7 @@ TABLES: tuple[TableSpec, ...] = (
             _c("fee_borr_rate", _RATE, D),
             _c("fee_lend_rate", _RATE, D),
         ),
+        unique=("kpei_reff",),
     ),
     TableSpec(
         "Contract",
@@ -244,3 +263,28 @@ BY_TABLE: dict[str, TableSpec] = {spec.table: spec for spec in TABLES}
 FLUSH_ORDER: tuple[TableSpec, ...] = TABLES
 # The columns of exporter_parked_children that hold a waiting child's parent keys.
 PARKED_PARENT_COLUMNS: tuple[str, ...] = ("trade_nid", "order_nid")
+
+
+def declared_limits(sql_type: str) -> tuple[int | None, tuple[int, int] | None, int | None]:
+    """What a declared type adds to a value's shape: (max characters, (precision, scale),
+    integer bits). Reads this module's spellings and PostgreSQL's ``format_type``."""
+    t = " ".join(sql_type.lower().split())
+    if found := re.fullmatch(r"(?:character varying|varchar)\((\d+)\)", t):
+        return int(found.group(1)), None, None
+    if found := re.fullmatch(r"(?:numeric|decimal)\((\d+)(?:, ?(\d+))?\)", t):
+        return None, (int(found.group(1)), int(found.group(2) or 0)), None
+    bits = {"smallint": 16, "int2": 16, "integer": 32, "int": 32, "int4": 32, "bigint": 64, "int8": 64}
+    return None, None, bits.get(t)
+
+
+def live_column_types(conn: Any) -> dict[str, dict[str, str]]:
+    """Each ledger table's column types as PostgreSQL declares them now (a column widened
+    or narrowed by hand included), for the decoder's checks."""
+    query = """SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod)
+               FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+               WHERE c.relname = ANY(%s) AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+                 AND pg_table_is_visible(c.oid)"""
+    types: dict[str, dict[str, str]] = {}
+    for table, column, sql_type in conn.execute(query, ([spec.table for spec in TABLES],)):
+        types.setdefault(table, {})[column] = sql_type
+    return types

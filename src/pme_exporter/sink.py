@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -151,6 +151,7 @@ class PostgresSink:
         idle_in_transaction_timeout_ms: int = 15_000,
         breaker: DeadLetterBreaker | None = None,
         row_by_row_max: int = ROW_BY_ROW_MAX,
+        column_types: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self._topic = topic
         self._row_by_row_max = row_by_row_max
@@ -163,7 +164,7 @@ class PostgresSink:
             # 60k-event batch sorted on disk.
             "work_mem": "64MB",
         }
-        self._decoder = Decoder()
+        self._decoder = Decoder(column_types=column_types)
         self._pool = ConnectionPool(
             conninfo,
             min_size=1,
@@ -319,8 +320,15 @@ class _Attempt:
     def _write_table(self, rows: TableRows, outcome: TableOutcome) -> None:
         stmts = _STATEMENTS[rows.spec.table]
         t0 = time.perf_counter()
-        with self._cur.copy(stmts.copy) as copy:
-            copy.write(rows.copy_data)
+        # Collapsed: only each key's newest version is staged. The isolating pass stages
+        # every version, so a refused newest one leaves the next-newest to win.
+        if rows.collapsed and stmts.copy_collapsed is not None and not self._isolate_rows:
+            with self._cur.copy(stmts.copy_collapsed) as copy:
+                copy.write(rows.collapsed_copy())
+            outcome.stale += rows.superseded
+        else:
+            with self._cur.copy(stmts.copy) as copy:
+                copy.write(rows.copy_data)
         self._report.statements += 1
         t1 = time.perf_counter()
         if self._isolate_rows:

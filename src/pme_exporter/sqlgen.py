@@ -25,6 +25,8 @@ LINEAGE = ("seq", "src_partition", "src_offset", "ts")
 class TableStatements:
     create_staging: str
     copy: str
+    # Collapsed tables: one row per key, its least ts last (``TableRows.collapsed_copy``).
+    copy_collapsed: str | None
     # Returns one row: inserted, updated, staged, ready, then the orphans (children
     # whose parent is missing) as arrays: seqs, then one per PARKED_PARENT_COLUMNS;
     # NULL arrays when there are none (always, for tables without parents).
@@ -43,6 +45,9 @@ def staging_table(spec: TableSpec) -> str:
 
 def _src_cte(spec: TableSpec) -> str:
     casts = ",\n            ".join(f"s.{c.name}::{CAST_TYPE[c.kind]} AS {c.name}" for c in spec.columns)
+    if spec.mode is WriteMode.UPSERT:
+        # Set when the batch was collapsed: the least ts of the key's versions left out.
+        casts += ",\n            s.least_ts::timestamptz AS least_ts"
     parents_ok = _parents_present(spec, "c") if spec.is_child else "true"
     return f"""src AS (
     SELECT c.*, {parents_ok} AS parents_ok
@@ -106,7 +111,7 @@ def _upsert(spec: TableSpec) -> str:
     )
     return f"""WITH {_src_cte(spec)},
 winners AS (
-    SELECT DISTINCT ON ({key}) *, min(ts) OVER (PARTITION BY {key}) AS first_ts
+    SELECT DISTINCT ON ({key}) *, min(coalesce(least_ts, ts)) OVER (PARTITION BY {key}) AS first_ts
     FROM src WHERE parents_ok
     ORDER BY {key}, ts DESC, src_partition DESC, src_offset DESC
 ),
@@ -202,15 +207,20 @@ def _indent(text: str, spaces: int) -> str:
 
 def statements_for(spec: TableSpec) -> TableStatements:
     stg_cols = ", ".join(LINEAGE + spec.column_names)
+    upsert = spec.mode is WriteMode.UPSERT
     typed = ", ".join(
         ["seq int", "src_partition int", "src_offset bigint", "ts text"]
         + [f"{c} text" for c in spec.column_names]
+        + (["least_ts text"] if upsert else [])
     )
     return TableStatements(
         create_staging=(
             f"CREATE TEMP TABLE IF NOT EXISTS {staging_table(spec)} ({typed}) ON COMMIT DELETE ROWS"
         ),
         copy=f"COPY {staging_table(spec)} ({stg_cols}) FROM STDIN",
+        copy_collapsed=f"COPY {staging_table(spec)} ({stg_cols}, least_ts) FROM STDIN"
+        if spec.collapsible
+        else None,
         apply=(_upsert(spec) if spec.mode is WriteMode.UPSERT else _append(spec)).replace("/*into*/", ""),
         create_row_by_row=row_by_row_function(spec),
         row_by_row=f"SELECT * FROM pg_temp.{row_by_row_name(spec)}(%(lo)s, %(hi)s, %(topic)s)",

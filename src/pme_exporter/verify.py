@@ -10,7 +10,8 @@ Contract:
 - Read-only and safe beside running workers: one REPEATABLE READ transaction
   reads the offsets and every table in the same snapshot, writes only its
   own temporary tables, and is rolled back at the end.
-- Every message is accounted for exactly once: a decode failure must be a
+- Every message is accounted for exactly once: a decode failure (or a value
+  its column cannot hold, judged against the live column types) must be a
   dead letter; a decoded message is a dead letter, a parked child, the source
   of its stored row, or (upserts) a version that lost to a newer one. For
   upsert tables each key's row must equal its winning event, ``created_at``
@@ -37,8 +38,8 @@ from confluent_kafka import Consumer, TopicPartition
 from psycopg import sql
 
 from pme_exporter.decode import NULL, Decoder, copy_fields
-from pme_exporter.errors import DecodeError, VerifyError
-from pme_exporter.schema import CAST_TYPE, TABLES, Kind, TableSpec, WriteMode
+from pme_exporter.errors import DecodeError, ValueRefused, VerifyError
+from pme_exporter.schema import CAST_TYPE, TABLES, Kind, TableSpec, WriteMode, live_column_types
 from pme_exporter.settings import Settings
 
 COPY_CHUNK_BYTES = 4 << 20
@@ -70,6 +71,7 @@ class VerifyResult:
     messages: int = 0
     tombstones: int = 0
     decode_failures: int = 0
+    refused: int = 0  # values their column cannot hold: dead letters before any table
     tables: dict[str, dict[str, int]] = field(default_factory=dict)
     mismatch_count: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)  # the first ones only
@@ -232,7 +234,7 @@ def _stream(
 ) -> dict[int, int]:
     """Reads every partition from its first offset to its bound; returns the first offsets."""
     topic = result.topic
-    decoder = Decoder(settings.max_message_bytes)
+    decoder = Decoder(settings.max_message_bytes, live_column_types(conn))
     copier = _Copier(conn)
     consumer = Consumer(
         {**settings.kafka_config(), "enable.auto.commit": False, "enable.partition.eof": False}
@@ -280,7 +282,10 @@ def _stream(
                 try:
                     spec, text = decoder.decode(value)
                 except Exception as exc:  # any failure must have made a dead letter
-                    result.decode_failures += 1
+                    if isinstance(exc, ValueRefused):
+                        result.refused += 1
+                    else:
+                        result.decode_failures += 1
                     reason = exc.reason if isinstance(exc, DecodeError) else "internal"
                     copier.reject(f"{p}\t{o}\t{reason}\n".encode())
                     continue

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from pme_exporter.buffers import Batch, Orphan
 from pme_exporter.decode import Decoder
-from pme_exporter.schema import TableSpec
+from pme_exporter.schema import TABLES, TableSpec
 from tests.fakes import FakeMessage
 
 
@@ -71,10 +73,10 @@ def test_carried_orphans_become_rows_and_keep_the_previous_batch_end() -> None:
 class _BrokenOnSeven(Decoder):
     """A decoder with a bug that only one message meets."""
 
-    def decode(self, value: bytes) -> tuple[TableSpec, str]:
+    def decode_envelope(self, value: bytes) -> tuple[TableSpec, str, dict[str, Any]]:
         if b'"nid":7' in value:
             raise RecursionError("maximum recursion depth exceeded")
-        return super().decode(value)
+        return super().decode_envelope(value)
 
 
 def test_an_unexpected_decoder_failure_is_one_dead_letter_and_the_rest_lands() -> None:
@@ -83,3 +85,54 @@ def test_an_unexpected_decoder_failure_is_one_dead_letter_and_the_rest_lands() -
     assert [(d.offset, d.stage, d.reason) for d in batch.dead_letters] == [(7, "decode", "internal")]
     assert batch.dead_letters[0].value == order(7) and "RecursionError" in batch.dead_letters[0].error
     assert len(batch.tables["orders"]) == 2 and batch.next_offsets == {0: 9}
+
+
+def _order_at(nid: object, ts: str, offset: int, partition: int = 0) -> FakeMessage:
+    return FakeMessage(orjson.dumps({"type": "Order", "ts": ts, "data": {"nid": nid}}), partition, offset)
+
+
+def test_a_collapsed_batch_stages_each_keys_newest_version_and_its_least_ts() -> None:
+    batch = Batch(decoder=Decoder(), clock=lambda: 5.0)
+    batch.add(
+        [
+            _order_at(1, "2025-11-29T09:00:01+07:00", 0),
+            _order_at(1, "2025-11-29T02:00:00Z", 1),  # earlier: the least ts, not the winner
+            _order_at("001", "2025-11-29T09:00:01+07:00", 2),  # the same instant, a later offset: wins
+            _order_at(2, "2025-11-29T09:00:00.0000004Z", 3),
+            _order_at(2, "2025-11-29T09:00:00Z", 0, partition=1),  # a tie: the greater partition wins
+        ]
+    )
+    rows = batch.tables["orders"]
+    assert rows.winners == {1: 2, 2: 4} and rows.superseded == 3
+    assert rows.least == {
+        1: (rows.instants[1], "2025-11-29T02:00:00Z"),
+        2: (rows.instants[4], "2025-11-29T09:00:00Z"),
+    }
+    lines = rows.collapsed_copy().decode().splitlines()
+    assert [line.split("\t")[:4] for line in lines] == [
+        ["2", "0", "2", "2025-11-29T09:00:01+07:00"],
+        ["4", "1", "0", "2025-11-29T09:00:00Z"],
+    ]
+    assert [line.split("\t")[-1] for line in lines] == ["2025-11-29T02:00:00Z", "2025-11-29T09:00:00.0000004Z"]
+    assert len(rows) == 5  # every version stays, for a pass that isolates refused rows
+
+
+def test_instants_round_to_the_microsecond_as_postgresql_does() -> None:
+    from pme_exporter.decode import instant_of
+
+    base = instant_of("2025-11-29T09:00:00Z")
+    assert instant_of("2025-11-29t09:00:00z") == base == instant_of("2025-11-29 16:00:00+07:00")
+    assert instant_of("2025-11-29T09:00:00.0000004Z") == base
+    assert instant_of("2025-11-29T09:00:00.0000006Z") == base + 1
+    assert instant_of("2025-11-29T09:00:00.9999996Z") == base + 1_000_000
+    assert instant_of("2025-11-29T09:00:00.25Z") == base + 250_000
+
+
+def test_children_and_tables_with_another_unique_column_are_never_collapsed() -> None:
+    assert {spec.table for spec in TABLES if spec.collapsible} == {
+        "participants",
+        "accounts",
+        "instruments",
+        "orders",
+        "holidays",
+    }

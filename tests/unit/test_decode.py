@@ -8,9 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pme_exporter.decode import Decoder, copy_fields
-from pme_exporter.errors import DecodeError
-from pme_exporter.schema import BY_EVENT_TYPE, TABLES
-from tests.corpus import DECODE_CASES, TS, encode
+from pme_exporter.errors import DecodeError, ValueRefused
+from pme_exporter.schema import BY_EVENT_TYPE, BY_TABLE, TABLES
+from tests.corpus import DATABASE_CASES, DECODE_CASES, TS, encode
 
 decoder = Decoder()
 
@@ -74,7 +74,7 @@ def test_invalid_messages_raise_a_classified_error(value: bytes, reason: str) ->
         (encode("Order", {"nid": 1}, ts=[[1]]), "ts a JSON array is not"),
         (orjson.dumps({"type": ["Order"] * 100, "ts": TS, "data": {}}), "unknown event type a JSON array"),
         (
-            encode("Order", {"nid": 1, "state": "S" * 5000, "settlement_date": "x" * 500}),
+            encode("Order", {"nid": 1, "message": "S" * 5000, "settlement_date": "x" * 500}),
             "... (500 characters)",
         ),
     ],
@@ -164,3 +164,50 @@ def test_arbitrary_json_data_never_escape_as_other_exceptions(data: object) -> N
     for event_type in BY_EVENT_TYPE:
         with contextlib.suppress(DecodeError):
             decoder.decode(encode(event_type, data))
+
+
+@pytest.mark.parametrize(("value", "reason"), DATABASE_CASES)
+def test_values_their_column_cannot_hold_are_refused_in_python_with_postgresqls_sqlstate(
+    value: bytes, reason: str
+) -> None:
+    with pytest.raises(ValueRefused) as info:
+        decoder.decode(value)
+    assert info.value.reason == reason and info.value.sqlstate == reason.removeprefix("sqlstate_")
+    assert info.value.detail.split(": ")[0] in BY_TABLE  # names the table, as the sink's refusals do
+
+
+def test_the_live_column_types_decide_not_the_design() -> None:
+    narrowed = Decoder(column_types={"participants": {"name": "character varying(5)"}})
+    long_name = encode("Participant", {"code": "P1", "name": "Broker 1"})
+    with pytest.raises(ValueRefused, match="character varying\\(5\\)"):
+        narrowed.decode(long_name)
+    assert decoder.decode(long_name)[0].table == "participants"
+    widened = Decoder(column_types={"orders": {"quantity": "numeric(30,2)", "periode": "bigint"}})
+    big = encode("Order", {"nid": 1, "quantity": "12345678901234.00", "periode": 3_000_000_000})
+    assert widened.decode(big)[1].split("\t")[5] == "12345678901234.00"
+
+
+@pytest.mark.parametrize(
+    ("data", "fits"),
+    [
+        ({"quantity": "9999999999999.99"}, True),
+        ({"quantity": "9999999999999.994"}, True),  # rounds down to .99
+        ({"quantity": "9999999999999.995"}, False),  # rounds up, away from zero, to 10^13
+        ({"quantity": "-9999999999999.995"}, False),
+        ({"quantity": 1e-300}, True),
+        ({"side": "LEND   "}, True),  # PostgreSQL cuts trailing spaces past the length
+        ({"side": "LEND  x"}, False),
+        ({"periode": 2147483647}, True),
+        ({"periode": "2147483648"}, False),
+        ({"nid": 9223372036854775807}, True),
+        ({"settlement_date": "2024-02-29"}, True),
+        ({"settlement_date": "2025-02-29"}, False),
+    ],
+)
+def test_fit_follows_postgresqls_rules(data: dict[str, object], fits: bool) -> None:
+    value = encode("Order", {"nid": 1, **data})
+    if fits:
+        decoder.decode(value)
+    else:
+        with pytest.raises(ValueRefused):
+            decoder.decode(value)
