@@ -106,7 +106,7 @@ def test_a_collapsed_batch_stages_each_keys_newest_version_and_its_least_ts() ->
     assert rows.winners == {1: 2, 2: 4} and rows.superseded == 3
     assert rows.least == {
         1: (rows.instants[1], "2025-11-29T02:00:00Z"),
-        2: (rows.instants[4], "2025-11-29T09:00:00Z"),
+        2: (rows.instants[3], "2025-11-29T09:00:00.0000004Z"),  # the same instant, seen first
     }
     lines = rows.collapsed_copy().decode().splitlines()
     assert [line.split("\t")[:4] for line in lines] == [
