@@ -1,13 +1,19 @@
 """Throughput, ceilings, latency and memory of pme-exporter, measured in one run on one machine.
 
     python benchmarks/throughput.py [--events 1000000] [--partitions 6] [--workers 1]
+                                    [--lanes 1,2,4] [--worker-sweep 2] [--baseline-events 20000]
                                     [--json FILE] [--plot FILE.png] [--quick]
 
 Brings up the local stack when KAFKA_URL/DB_HOST are not given. Every speed is
 reported next to the machine's own ceilings measured in the same run:
 - Kafka consume-only: the exporter's consumer settings, decoding nothing;
 - PostgreSQL ingest-only: the same rows as COPY files, loaded by psql into the
-  staging tables and applied with the exporter's own SQL, no Python in the loop.
+  staging tables and applied with the exporter's own SQL, no Python in the loop;
+  every event's row, so what collapse leaves out counts against the exporter;
+- the original design's pattern: one INSERT ... ON CONFLICT per event, autocommit,
+  one connection, on a slice of the same events (what pme-exporter replaces).
+CPU per event is reported for the exporter and PostgreSQL in the run and in the
+ceiling, and sweeps over flush lanes and workers print a scaling table.
 Nothing here asserts a speed; the test suite runs --quick so the harness keeps working.
 """
 
@@ -35,11 +41,12 @@ from confluent_kafka import Consumer, Producer
 
 from pme_exporter.buffers import Batch, InMemoryMessage
 from pme_exporter.consumer import consumer_config
-from pme_exporter.decode import Decoder
+from pme_exporter.decode import Decoder, copy_fields
 from pme_exporter.devtools.databases import create_database
 from pme_exporter.devtools.generator import create_topic, publish, trading_day
 from pme_exporter.devtools.stack import exporter_env as worker_env
 from pme_exporter.devtools.stack import servers_env
+from pme_exporter.errors import DecodeError
 from pme_exporter.migrate import migrate
 from pme_exporter.progress import read_stored_offsets
 from pme_exporter.schema import FLUSH_ORDER
@@ -282,7 +289,7 @@ def pg_ceiling(
     statements = {spec.table: statements_for(spec) for spec in FLUSH_ORDER}
     script = [stmts.create_staging + ";" for stmts in statements.values()]
     for start in range(0, len(batch), batch_events):
-        chunk = Batch(decoder=decoder)
+        chunk = Batch(decoder=decoder, collapse=False)  # every event's row: the ceiling's definition
         chunk.add(
             [
                 InMemoryMessage(v, p, o)
@@ -345,6 +352,59 @@ def pg_ceiling(
     )
     elapsed = time.monotonic() - started
     return len(batch) / elapsed, servers.stop()
+
+
+# -- the original design's pattern --------------------------------------------------------
+
+
+def design_pattern(
+    settings: Settings, batch: list[tuple[bytes | None, bytes | None]], located: list[tuple[int, int]]
+) -> float:
+    """The design's data path (README "Performance"): every event becomes one INSERT ... ON
+    CONFLICT DO UPDATE (plain INSERT for append tables), autocommit, on one connection, in
+    topic order. Statements are prepared (psycopg does after five runs), so this is, if
+    anything, faster than the Go service's. A refused statement is logged and skipped, as
+    the design does. Returns events/s."""
+    decoder = Decoder()
+    statements: dict[str, str] = {}
+    for spec in FLUSH_ORDER:
+        columns = [*spec.column_names, "created_at", "src_partition", "src_offset"]
+        casts = [f"%s::{c.sql_type}" for c in spec.columns] + ["%s::timestamptz", "%s", "%s"]
+        if spec.mode.value == "upsert":
+            columns.append("updated_at")
+            casts.append("%s::timestamptz")
+            sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in (spec.key, "created_at"))
+            conflict = f" ON CONFLICT ({spec.key}) DO UPDATE SET {sets}"
+        else:
+            columns.append("src_topic")
+            casts.append("%s")
+            conflict = " ON CONFLICT DO NOTHING"
+        statements[spec.table] = (
+            f"INSERT INTO {spec.table} ({', '.join(columns)}) VALUES ({', '.join(casts)}){conflict}"
+        )
+    rows = []
+    for (_key, value), (partition, offset) in zip(batch, located, strict=False):
+        if value is None:
+            continue
+        try:
+            spec, text = decoder.decode(value)
+        except DecodeError:  # the design would log it and go on
+            continue
+        fields = copy_fields(text)
+        ts, values = fields[0], fields[1:]
+        extra = [ts, partition, offset] + ([ts] if spec.mode.value == "upsert" else ["design"])
+        rows.append((statements[spec.table], [*values, *extra]))
+    failed = 0
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        started = time.monotonic()
+        for statement, params in rows:
+            try:
+                conn.execute(statement, params)
+            except psycopg.errors.IntegrityError:  # a child before its parent: the design logs it
+                failed += 1
+        elapsed = time.monotonic() - started
+    print(f"  (design pattern: {len(rows):,} statements, {failed:,} refused)", flush=True)
+    return len(batch) / elapsed
 
 
 # -- latency -------------------------------------------------------------------------
@@ -453,6 +513,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--lanes", default="1,2,4", help="flush lanes to sweep (comma-separated)")
+    parser.add_argument(
+        "--worker-sweep", default="2", help="more worker counts to run with the default lanes"
+    )
+    parser.add_argument(
+        "--baseline-events", type=int, default=20_000, help="events of the original design's pattern"
+    )
     parser.add_argument("--rates", default="5000,20000", help="steady rates for the latency runs (events/s)")
     parser.add_argument("--latency-seconds", type=float, default=15.0)
     parser.add_argument("--json", dest="json_path")
@@ -467,8 +534,16 @@ def main(argv: list[str] | None = None) -> int:
         rates = [int(r) for r in args.rates.split(",")]
     except ValueError:
         parser.error(f"--rates must be whole numbers separated by commas, not {args.rates!r}")
+    try:
+        lane_counts = [int(n) for n in args.lanes.split(",")]
+        worker_counts = [int(n) for n in args.worker_sweep.split(",") if n]
+    except ValueError:
+        parser.error("--lanes and --worker-sweep are whole numbers separated by commas")
+    if min(lane_counts + worker_counts + [args.baseline_events]) < 1:
+        parser.error("--lanes, --worker-sweep and --baseline-events must be positive")
     if args.quick:
         args.events, rates, args.latency_seconds = 20_000, [500, 2_000], 2.0
+        lane_counts, worker_counts, args.baseline_events = [1, 2], [], 2_000
 
     base = Settings.from_env(stack_env())
     settings = fresh_database(base, "pme_bench")
@@ -492,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     for process in ("exporter", "postgres", "kafka"):
         figures.put(f"end_to_end_cpu_s_{process}", run["cpu_s"][process], "CPU-s")
 
+    figures.put("end_to_end_cpu_us_per_event_exporter", run["cpu_s"]["exporter"] / len(batch) * 1e6, "CPU-us")
+    figures.put("end_to_end_cpu_us_per_event_postgres", run["cpu_s"]["postgres"] / len(batch) * 1e6, "CPU-us")
+
     figures.put("kafka_ceiling_events_per_s", kafka_ceiling(base, topic, len(batch)), "events/s")
     with tempfile.TemporaryDirectory(prefix="pme-ceiling-") as workdir:
         ceiling_db = fresh_database(base, "pme_bench_ceiling")
@@ -500,6 +578,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         figures.put("pg_ceiling_events_per_s", ceiling, "events/s")
         figures.put("pg_ceiling_cpu_s_postgres", ceiling_cpu["postgres"], "CPU-s")
+        ceiling_pg_us = ceiling_cpu["postgres"] / len(batch) * 1e6
+        figures.put("pg_ceiling_cpu_us_per_event_postgres", ceiling_pg_us, "CPU-us")
+    if ceiling_pg_us > 0:
+        figures.put(
+            "postgres_cpu_ratio_run_to_ceiling",
+            figures.values["end_to_end_cpu_us_per_event_postgres"] / ceiling_pg_us,
+            "x",
+        )
+        figures.put(
+            "exporter_cpu_ratio_to_ceiling_postgres",
+            figures.values["end_to_end_cpu_us_per_event_exporter"] / ceiling_pg_us,
+            "x",
+        )
     figures.put("ratio_to_pg_ceiling", run["events_per_s"] / figures.values["pg_ceiling_events_per_s"], "x")
     figures.put(
         "ratio_steady_to_pg_ceiling",
@@ -509,6 +600,48 @@ def main(argv: list[str] | None = None) -> int:
     figures.put(
         "ratio_to_kafka_ceiling", run["events_per_s"] / figures.values["kafka_ceiling_events_per_s"], "x"
     )
+
+    sweep: list[dict[str, Any]] = []
+    for lanes in lane_counts:
+        for workers in [args.workers, *worker_counts] if lanes == settings.flush_lanes else [args.workers]:
+            if lanes == settings.flush_lanes and workers == args.workers:
+                result = run  # the main run
+            else:
+                result = end_to_end(
+                    fresh_database(base, "pme_bench_sweep").replace(flush_lanes=lanes),
+                    topic,
+                    len(batch),
+                    workers,
+                    timeout_s=900,
+                )
+            sweep.append(
+                {
+                    "lanes": lanes,
+                    "workers": workers,
+                    "events_per_s": result["events_per_s"],
+                    "ratio_to_pg_ceiling": result["events_per_s"] / figures.values["pg_ceiling_events_per_s"],
+                    "exporter_cpu_us_per_event": result["cpu_s"]["exporter"] / len(batch) * 1e6,
+                    "postgres_cpu_us_per_event": result["cpu_s"]["postgres"] / len(batch) * 1e6,
+                    "peak_rss_mb": result["peak_rss_mb"],
+                }
+            )
+    print("  scaling, the same events, a fresh database each:", flush=True)
+    print(
+        f"  {'lanes':>5} {'workers':>7} {'events/s':>10} {'x ceiling':>9} {'exp us/ev':>9} {'pg us/ev':>9} {'RSS MB':>7}"
+    )
+    for row in sweep:
+        print(
+            f"  {row['lanes']:>5} {row['workers']:>7} {row['events_per_s']:>10,.0f} {row['ratio_to_pg_ceiling']:>9.2f}"
+            f" {row['exporter_cpu_us_per_event']:>9.2f} {row['postgres_cpu_us_per_event']:>9.2f} {row['peak_rss_mb']:>7.0f}",
+            flush=True,
+        )
+    figures.values["scaling"] = sweep
+    figures.units["scaling"] = "table"
+
+    slice_events = batch[: args.baseline_events]
+    design = design_pattern(fresh_database(base, "pme_bench_design"), slice_events, located)
+    figures.put("design_pattern_events_per_s", design, "events/s")
+    figures.put("speedup_vs_design_pattern", run["events_per_s"] / design, "x")
 
     # Memory with twice the backlog: the same topic doubled, a fresh database and group.
     produce_all(base.kafka_url, topic, events(args.events, seed=2))
@@ -540,6 +673,9 @@ def main(argv: list[str] | None = None) -> int:
             "max_batch_events": settings.max_batch_events,
             "flush_interval_ms": settings.flush_interval_ms,
             "max_buffered_events": settings.max_buffered_events,
+            "flush_lanes": settings.flush_lanes,
+            "flush_linger_ms": settings.flush_linger_ms,
+            "baseline_events": args.baseline_events,
             "latency_seconds": args.latency_seconds,
             "quick": args.quick,
         },

@@ -275,9 +275,9 @@ class ConsumerLoop:
             if age >= self._interval_s or (self._linger_s is not None and age >= self._linger_s):
                 return True
         # Every flush adopts parked children whose parents are stored, whoever wrote
-        # the parent; an idle worker re-checks now and then for a parent another
-        # worker committed at the same moment as the child was parked.
-        return lane.parked_waiting > 0 and now - lane.last_flush_at >= 10 * self._interval_s
+        # the parent; an idle lane re-checks soon for a parent that another lane (or
+        # worker) committed at the same moment as the child was parked.
+        return lane.parked_waiting > 0 and now - lane.last_flush_at >= 2 * self._interval_s
 
     def _maybe_flush(self) -> None:
         now = self._clock()
@@ -357,7 +357,9 @@ class ConsumerLoop:
         self._collect()
         submitted = False
         for lane in self._lanes:
-            if lane.batch.size > 0:
+            # A lane that saw children parked flushes once more, if only to adopt those
+            # whose parents another lane committed meanwhile.
+            if lane.batch.size > 0 or lane.parked_waiting > 0:
                 # No later batch will take orphans: park them.
                 lane.batch.carry_policy = CarryPolicy(lane.batch.carry_policy.max_carries, closing=True)
                 self._submit(lane)
