@@ -3,9 +3,11 @@
     python benchmarks/isolation.py [--rows 20000] [--refused 10000] [--row-by-row-max N] [--json FILE]
 
 Writes one batch of ``--rows`` orders, ``--refused`` of them spread evenly and
-each with an account code one character too long for VARCHAR(50) (SQLSTATE
-22001), through ``PostgresSink`` into a fresh database, and reports the time
-and the round trips the write took, and how many dead letters it made.
+each with an account code that a CHECK constraint added for the run refuses
+(SQLSTATE 23514: only PostgreSQL judges it, as with a unique clash; values too
+long for their column are refused in Python before staging), through
+``PostgresSink`` into a fresh database, and reports the time and the round
+trips the write took, and how many dead letters it made.
 ``--row-by-row-max 1`` isolates by bisection alone, for comparison.
 Brings up the local stack when DB_HOST is not given. Asserts nothing.
 """
@@ -31,6 +33,7 @@ from pme_exporter.settings import Settings
 from pme_exporter.sink import ROW_BY_ROW_MAX, PostgresSink
 
 BENCH_DB = "pme_bench_isolation"
+REFUSED_ACCOUNT = "REFUSED"
 
 
 def messages(rows: int, refused: int) -> list[InMemoryMessage]:
@@ -38,7 +41,7 @@ def messages(rows: int, refused: int) -> list[InMemoryMessage]:
     bad = {int(i * every) for i in range(refused)}
     out = []
     for nid in range(rows):
-        account = "A" * 51 if nid in bad else f"ACC{nid % 80:04d}"
+        account = REFUSED_ACCOUNT if nid in bad else f"ACC{nid % 80:04d}"
         data = {"nid": nid, "account_code": account, "quantity": "100.00", "state": "S", "side": "BORR"}
         value = orjson.dumps({"type": "Order", "ts": "2025-11-28T09:00:00Z", "data": data})
         out.append(InMemoryMessage(value, 0, nid))
@@ -58,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     create_database(base.conninfo(), BENCH_DB, replace=True)
     settings = base.replace(db_name=BENCH_DB, database_url=None)
     migrate(settings.conninfo())
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE orders ADD CONSTRAINT refused CHECK (account_code <> '{REFUSED_ACCOUNT}')")
     batch = Batch(decoder=Decoder())
     batch.add(messages(args.rows, args.refused))  # type: ignore[arg-type]
     sink = PostgresSink(conninfo=settings.conninfo(), topic="bench", row_by_row_max=args.row_by_row_max)

@@ -243,7 +243,8 @@ class Batch:
                 spec, text, envelope = decode(value)
             except Exception as exc:
                 self.dead_letters.append(dead_letter_for(exc, partition, offset, msg.key(), value))
-                by_type["invalid"] += 1
+                # A value its column cannot hold still came in an event of a known type.
+                by_type[BY_TABLE[exc.table].event_type if isinstance(exc, ValueRefused) else "invalid"] += 1
                 continue
             by_type[spec.event_type] += 1
             buf = tables.get(spec.table)

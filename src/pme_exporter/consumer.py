@@ -5,6 +5,11 @@ owns the Kafka consumer (rebalance callbacks run here too), until ``stop`` is
 set; then it stops polling, flushes what it holds within the shutdown
 deadline, commits, and closes. It raises ``FatalError`` when it cannot go on.
 
+Lanes: each flusher is a lane that owns a share of the assigned partitions
+(stable while held); messages go to their partition's lane, each lane's batch
+is flushed on its own (N events, T ms, or once idle and a linger old) and no
+batch passes N. A partition's offsets are committed after its lane commits.
+
 Offsets: ``exporter_offsets`` in PostgreSQL is the truth, written in the
 flush's own transaction; on assignment the consumer seeks there, so a crash
 between the database commit and the Kafka commit replays nothing. Kafka

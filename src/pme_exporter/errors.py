@@ -108,4 +108,5 @@ class ValueRefused(DecodeError):
 
     def __init__(self, table: str, sqlstate: str, message: str) -> None:
         super().__init__(f"sqlstate_{sqlstate}", f"{table}: {message}")
+        self.table = table
         self.sqlstate = sqlstate

@@ -153,7 +153,10 @@ def test_sigterm_during_a_long_isolating_flush_exits_within_the_deadline_and_los
 ) -> None:
     topic = make_topic(1)
     deadline_s = 1.0
-    refused = [{"nid": i, "account_code": "A" * 51 if i % 2 else "ACC1"} for i in range(40_000)]
+    # Refused by a constraint added by hand, which only PostgreSQL judges: row isolation.
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        conn.execute("ALTER TABLE orders ADD CONSTRAINT no_bad_accounts CHECK (account_code <> 'BAD')")
+    refused = [{"nid": i, "account_code": "BAD" if i % 2 else "ACC1"} for i in range(40_000)]
     located = publish(
         stack.kafka_url,
         topic,

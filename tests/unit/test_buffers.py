@@ -113,7 +113,10 @@ def test_a_collapsed_batch_stages_each_keys_newest_version_and_its_least_ts() ->
         ["2", "0", "2", "2025-11-29T09:00:01+07:00"],
         ["4", "1", "0", "2025-11-29T09:00:00Z"],
     ]
-    assert [line.split("\t")[-1] for line in lines] == ["2025-11-29T02:00:00Z", "2025-11-29T09:00:00.0000004Z"]
+    assert [line.split("\t")[-1] for line in lines] == [
+        "2025-11-29T02:00:00Z",
+        "2025-11-29T09:00:00.0000004Z",
+    ]
     assert len(rows) == 5  # every version stays, for a pass that isolates refused rows
 
 
