@@ -554,6 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "healthcheck":
         return _healthcheck(settings.metrics_port)
     try:
+        if not (args.command == "report" and args.list):  # needs no connection, so no files
+            settings.check_files()
         if args.command in ("config", "run") and settings.kafka_extra:
             from pme_exporter.consumer import check_kafka_properties
 

@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -63,13 +64,15 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
-            conn.execute(
-                """CREATE TABLE IF NOT EXISTS schema_migrations (
-                    version TEXT PRIMARY KEY,
-                    name TEXT NOT NULL,
-                    checksum TEXT NOT NULL,
-                    applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
-            )
+            exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+            if not (exists and exists[0]):  # a worker role may not create; it only checks
+                conn.execute(
+                    """CREATE TABLE IF NOT EXISTS schema_migrations (
+                        version TEXT PRIMARY KEY,
+                        name TEXT NOT NULL,
+                        checksum TEXT NOT NULL,
+                        applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
+                )
             conn.add_notice_handler(_log_notice)  # from here on, notices are the files' own
             done: dict[str, str] = dict(
                 conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
@@ -99,9 +102,23 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
                     ) from exc
                 log.info("[DB-EXPORTER] Applied migration %s_%s", m.version, m.name)
                 applied_now.append(m.version)
+            _grant(conn, directory or sql_dir())
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now
+
+
+def _grant(conn: psycopg.Connection[Any], directory: Path) -> None:
+    """``grants.sql`` when the tables are ours to grant on (the owner migrates; a worker only checks)."""
+    path = directory / "grants.sql"
+    owner = conn.execute(
+        "SELECT tableowner = current_user FROM pg_tables WHERE tablename = 'schema_migrations'"
+    ).fetchone()
+    if path.is_file() and owner and owner[0]:
+        try:
+            conn.execute(path.read_text(encoding="utf-8").encode())
+        except psycopg.Error as exc:
+            raise MigrationError(f"grants.sql was refused: {_server_message(exc)}") from exc
 
 
 def _log_notice(diagnostic: psycopg.errors.Diagnostic) -> None:

@@ -52,6 +52,8 @@ class Settings:
     db_password: str = field(default="", repr=False)
     db_name: str = "pme"
     db_sslmode: str = "prefer"
+    # The CA that signed the server's certificate (libpq's sslrootcert), for verify-ca/verify-full.
+    db_sslrootcert: str | None = None
     database_url: str | None = field(default=None, repr=False)
     max_batch_events: int = 30_000
     flush_interval_ms: int = 500
@@ -173,9 +175,34 @@ class Settings:
             password=self.db_password or None,
             dbname=self.db_name,
             sslmode=self.db_sslmode,
+            sslrootcert=self.db_sslrootcert,
             application_name="pme-exporter",
             connect_timeout=10,
         )
+
+    def check_files(self) -> None:
+        """Every certificate and key file named is there and readable; else a ConfigError
+        naming the variable (before any connection, whose error would be vaguer)."""
+        named = (
+            ("KAFKA_SSL_CA_LOCATION", self.kafka_ssl_ca_location),
+            ("KAFKA_SSL_CERTIFICATE_LOCATION", self.kafka_ssl_certificate_location),
+            ("KAFKA_SSL_KEY_LOCATION", self.kafka_ssl_key_location),
+            ("DB_SSLROOTCERT", self.db_sslrootcert),
+        )
+        for variable, path in named:
+            if path is None:
+                continue
+            try:
+                with open(path, "rb") as f:
+                    f.read(1)
+            except FileNotFoundError:
+                raise ConfigError(f"{variable}: {path}: no such file") from None
+            except IsADirectoryError:
+                raise ConfigError(f"{variable}: {path}: is a directory, not a file") from None
+            except PermissionError:
+                raise ConfigError(f"{variable}: {path}: not readable by this user") from None
+            except OSError as exc:
+                raise ConfigError(f"{variable}: {path}: cannot be read ({exc.strerror})") from None
 
     def db_target(self) -> str:
         """Where the database is, for log lines: host, port and name, no secrets."""
@@ -417,6 +444,7 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("DB_PASSWORD", "db_password", str),
     ("DB_NAME", "db_name", _text),
     ("DB_SSLMODE", "db_sslmode", _text),
+    ("DB_SSLROOTCERT", "db_sslrootcert", _text),
     ("DATABASE_URL", "database_url", _text),
     ("PME_MAX_BATCH_EVENTS", "max_batch_events", int),
     ("PME_FLUSH_INTERVAL_MS", "flush_interval_ms", int),

@@ -231,10 +231,10 @@ def _invalid_messages(ts: datetime) -> Iterator[Event]:
     yield b"Order:0", None
 
 
-def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+def create_topic(bootstrap: str, topic: str, partitions: int, config: dict[str, Any] | None = None) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(config or {})})
     futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
     for future in futures.values():
         future.result(timeout=30)
@@ -247,7 +247,12 @@ Located = tuple[int, int, bytes | None]
 
 
 def publish(
-    bootstrap: str, topic: str, events: Iterable[Outgoing], *, compression: str = "none"
+    bootstrap: str,
+    topic: str,
+    events: Iterable[Outgoing],
+    *,
+    compression: str = "none",
+    config: dict[str, Any] | None = None,
 ) -> list[Located]:
     """Sends events in order and returns where each one was stored, in the same order."""
     from confluent_kafka import Producer
@@ -260,6 +265,7 @@ def publish(
             "queue.buffering.max.messages": 500_000,
             "enable.idempotence": True,
             "compression.type": compression,
+            **(config or {}),  # security settings, for a secured broker
         }
     )
     located: list[Located | None] = []
