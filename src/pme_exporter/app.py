@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import psycopg
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import conninfo_to_dict
 
@@ -90,10 +90,20 @@ def _interruptible(work: Callable[[], T], stop: threading.Event) -> T:
     return outcome[0]
 
 
+_AUTHENTICATION_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED})
+
+
 def wait_for_kafka(settings: Settings, stop: threading.Event) -> None:
     """Returns once a broker answers a metadata request; after PME_KAFKA_STARTUP_WAIT_S raises
-    KafkaFatalError naming the cause, and Stopped when ``stop`` is set meanwhile."""
-    admin = AdminClient(settings.kafka_admin_config(logger=KAFKA_LOG))
+    KafkaFatalError naming the cause (the broker's own error when one came: a TLS handshake
+    refused, ...), at once for a refused authentication, and Stopped when ``stop`` is set."""
+    broker_errors: list[KafkaError] = []
+
+    def on_error(err: KafkaError) -> None:  # librdkafka's thread; a list append is atomic
+        if err.code() != KafkaError._ALL_BROKERS_DOWN:
+            broker_errors.append(err)
+
+    admin = AdminClient(settings.kafka_admin_config(logger=KAFKA_LOG, error_cb=on_error))
     started = time.monotonic()
     while True:
         try:
@@ -101,6 +111,14 @@ def wait_for_kafka(settings: Settings, stop: threading.Event) -> None:
             return
         except KafkaException as exc:
             cause = exc.args[0].str() if exc.args else str(exc)
+            admin.poll(0.1)  # serves the error callbacks queued meanwhile
+            if broker_errors:
+                last = broker_errors[-1]
+                cause = f"{cause}; the broker said: {' '.join(last.str().split())}"
+                if last.code() in _AUTHENTICATION_CODES or last.fatal():
+                    raise KafkaFatalError(
+                        f"Kafka at {settings.kafka_url} refused the worker: {cause}"
+                    ) from None
             waited = time.monotonic() - started
             if waited >= settings.kafka_startup_wait_s:
                 raise KafkaFatalError(

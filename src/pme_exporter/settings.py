@@ -350,6 +350,10 @@ _TOOL_VARIABLES = frozenset(
         "PME_DB_NAME",
         "PME_KEEP_STACK",
         "PME_TEST_STACK",
+        "PME_PYTHON",
+        "PME_SECURE_STACK_DIR",
+        "PME_SECURE_KAFKA_PORT",
+        "PME_SECURE_PG_PORT",
     }
 )
 

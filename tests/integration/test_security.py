@@ -221,7 +221,7 @@ def test_the_worker_role_cannot_drop_alter_or_truncate_and_the_reader_reads_only
             "DROP VIEW report_order_book",
             "CREATE TABLE mine (a int)",
             "ALTER TABLE exporter_dead_letters OWNER TO pme_worker",
-            "GRANT SELECT ON orders TO pme_report",
+            "GRANT pme_writer TO pme_report",
         ):
             with pytest.raises(pgerr.InsufficientPrivilege):
                 conn.execute(statement)

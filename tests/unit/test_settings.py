@@ -205,3 +205,29 @@ def test_librdkafka_properties_pass_through_and_secrets_stay_hidden() -> None:
 def test_pass_through_cannot_change_what_the_exporter_sets_or_name_nothing(variable: str, says: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(f"{variable}: {says}")):
         Settings.from_env({variable: "x"})
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["KAFKA_SSL_CA_LOCATION", "KAFKA_SSL_CERTIFICATE_LOCATION", "KAFKA_SSL_KEY_LOCATION", "DB_SSLROOTCERT"],
+)
+def test_a_certificate_or_key_file_that_is_missing_or_a_directory_is_named_with_its_variable(
+    variable: str, tmp_path: Path
+) -> None:
+    for path, says in ((tmp_path / "gone.pem", "no such file"), (tmp_path, "is a directory")):
+        settings = Settings.from_env({variable: str(path)})
+        with pytest.raises(ConfigError) as info:
+            settings.check_files()
+        assert str(info.value) == f"{variable}: {path}: {says}" + (
+            "" if says == "no such file" else ", not a file"
+        )
+    present = tmp_path / "ca.pem"
+    present.write_text("-----BEGIN CERTIFICATE-----\n")
+    Settings.from_env({variable: str(present)}).check_files()
+
+
+def test_the_server_ca_reaches_libpq() -> None:
+    settings = Settings.from_env({"DB_SSLMODE": "verify-full", "DB_SSLROOTCERT": "/etc/pme/ca.pem"})
+    assert (
+        "sslrootcert=/etc/pme/ca.pem" in settings.conninfo() and "sslmode=verify-full" in settings.conninfo()
+    )
