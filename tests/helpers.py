@@ -10,8 +10,10 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pme_exporter import cli
 from pme_exporter.app import run_exporter
 from pme_exporter.decode import Decoder
 from pme_exporter.devtools.generator import Located
@@ -144,3 +146,13 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     return sum(
         v for (n, ls), v in samples.items() if n == name and all((k, w) in ls for k, w in labels.items())
     )
+
+
+def run_cli(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str]:
+    """``pme-exporter ARGS`` in this process, with ``settings`` as its environment: (exit code, stdout)."""
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    code = cli.main(list(args))
+    return code, capsys.readouterr().out

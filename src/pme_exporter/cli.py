@@ -47,6 +47,7 @@ from pme_exporter.errors import (
 )
 from pme_exporter.quietlog import RateLimit
 from pme_exporter.retention import RETAINED
+from pme_exporter.schema import BY_TABLE
 from pme_exporter.settings import Settings, described, unknown_variables
 
 log = logging.getLogger("pme_exporter")
@@ -106,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--offset", type=_whole, help="with --partition")
     replay.add_argument(
         "--tables",
-        type=_ledger_tables,
+        type=_tables_of(tuple(BY_TABLE), "ledger tables"),
         help="with --truncate: rebuild only these tables (and the tables that reference them)",
     )
     replay.add_argument("--force", action="store_true", help="even while workers of the group are active")
@@ -120,7 +121,9 @@ def _parser() -> argparse.ArgumentParser:
         "--older-than", type=_duration, required=True, help="e.g. 90d or 1y (365 days) before now"
     )
     retention.add_argument(
-        "--tables", type=_retained_tables, help="comma-separated, default: all of " + ",".join(RETAINED)
+        "--tables",
+        type=_tables_of(RETAINED, "retained tables"),
+        help="comma-separated, default: all of " + ",".join(RETAINED),
     )
     retention.add_argument("--batch-size", type=_int_at_least(1), default=1000, help="rows per transaction")
     retention.add_argument("--pause-ms", type=_int_at_least(0), default=0, help="pause between batches")
@@ -184,22 +187,17 @@ def _instant(raw: str) -> int:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a date that exists") from None
 
 
-def _ledger_tables(raw: str) -> tuple[str, ...]:
-    from pme_exporter.schema import BY_TABLE
+def _tables_of(allowed: Sequence[str], kind: str) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: comma-separated names, each one of ``allowed``."""
 
-    names = tuple(name.strip() for name in raw.split(","))
-    unknown = [name for name in names if name not in BY_TABLE]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"not ledger tables: {unknown}; choose from {', '.join(BY_TABLE)}")
-    return names
+    def parse(raw: str) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in raw.split(","))
+        unknown = [name for name in names if name not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"not {kind}: {unknown}; choose from {', '.join(allowed)}")
+        return names
 
-
-def _retained_tables(raw: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in raw.split(","))
-    unknown = [name for name in names if name not in RETAINED]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"not retained tables: {unknown}; choose from {', '.join(RETAINED)}")
-    return names
+    return parse
 
 
 def _fraction(raw: str) -> float:

@@ -13,22 +13,12 @@ import orjson
 import psycopg
 import pytest
 
-from pme_exporter import cli
 from pme_exporter.devtools.generator import ends_of, publish, trading_day
 from pme_exporter.errors import EXIT_OK, EXIT_REFUSED, EXIT_THRESHOLD
 from pme_exporter.settings import Settings
-from tests.helpers import ExporterProcess, ExporterThread, scrape, wait_exported
+from tests.helpers import ExporterProcess, ExporterThread, run_cli, scrape, wait_exported
 from tests.model import apply_events, diff, snapshot
 from tests.stack import Stack
-
-
-def run(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str]:
-    for name, value in settings.to_env().items():
-        monkeypatch.setenv(name, value)
-    code = cli.main(list(args))
-    return code, capsys.readouterr().out
 
 
 def test_status_matches_the_metrics_and_the_group_and_flags_lag(
@@ -48,7 +38,7 @@ def test_status_matches_the_metrics_and_the_group_and_flags_lag(
     worker = ExporterProcess(s, tmp_path / "exporter.log")
     try:
         wait_exported(s.conninfo(), topic, ends_of(located))
-        code, out = run(s.replace(metrics_port=0), monkeypatch, capsys, "status", "--json")
+        code, out = run_cli(s.replace(metrics_port=0), monkeypatch, capsys, "status", "--json")
         status = json.loads(out)
         deadline = time.monotonic() + 30
         while True:  # the worker reports lag once a second, per partition it holds
@@ -75,7 +65,7 @@ def test_status_matches_the_metrics_and_the_group_and_flags_lag(
     assert status["dead_letters"] == dead and sum(dead.values()) == 6
     # The worker stopped; more events arrive: the lag is theirs, and the thresholds say so.
     more = publish(stack.kafka_url, topic, [(p, None, orjson.dumps({"x": p})) for p in (0, 0, 1)])
-    code, out = run(s.replace(metrics_port=0), monkeypatch, capsys, "status", "--json", "--max-lag", "2")
+    code, out = run_cli(s.replace(metrics_port=0), monkeypatch, capsys, "status", "--json", "--max-lag", "2")
     status = json.loads(out)
     assert code == EXIT_THRESHOLD and status["lag_messages"] == len(more) == 3
     lag = {
@@ -84,7 +74,7 @@ def test_status_matches_the_metrics_and_the_group_and_flags_lag(
     }
     assert lag[0][0] == 2 and lag[1][0] == 1 and lag[2][0] == 0
     assert lag[0][1] == ends[0] and lag[0][2] > 0  # the group committed what was exported
-    code, _ = run(
+    code, _ = run_cli(
         s.replace(metrics_port=0), monkeypatch, capsys, "status", "--max-lag", "3", "--max-dead-letters", "6"
     )
     assert code == EXIT_OK
@@ -110,13 +100,13 @@ def test_dead_letters_from_a_too_narrow_column_land_once_it_is_widened_and_the_i
     located = publish(stack.kafka_url, topic, [(0, None, v) for v in events])
     with ExporterThread(s):
         wait_exported(s.conninfo(), topic, ends_of(located))
-    code, out = run(s, monkeypatch, capsys, "dead-letters", "list", "--json")
+    code, out = run_cli(s, monkeypatch, capsys, "dead-letters", "list", "--json")
     listed = json.loads(out)
     assert (
         code == EXIT_OK
         and sorted(d["reason"] for d in listed) == ["invalid_json"] * 2 + ["sqlstate_22001"] * 4
     )
-    code, out = run(
+    code, out = run_cli(
         s,
         monkeypatch,
         capsys,
@@ -130,14 +120,14 @@ def test_dead_letters_from_a_too_narrow_column_land_once_it_is_widened_and_the_i
     )
     assert len(json.loads(out)) == 4
     binary = next(d["id"] for d in listed if d["offset"] == 5)
-    code, out = run(s, monkeypatch, capsys, "dead-letters", "show", str(binary))
+    code, out = run_cli(s, monkeypatch, capsys, "dead-letters", "show", str(binary))
     assert code == EXIT_OK and "(not UTF-8; hex)" in out and "ff fe 20 6e 6f 74" in out
-    code, out = run(s, monkeypatch, capsys, "dead-letters", "show", str(binary), "--json")
+    code, out = run_cli(s, monkeypatch, capsys, "dead-letters", "show", str(binary), "--json")
     shown = json.loads(out)
     assert code == EXIT_OK and shown["reason"] == "invalid_json" and "ff fe 20 6e 6f 74" in shown["msg_value"]
     with psycopg.connect(s.conninfo(), autocommit=True) as conn:
         conn.execute("ALTER TABLE participants ALTER COLUMN name TYPE VARCHAR(200)")  # fixed
-    code, out = run(s, monkeypatch, capsys, "dead-letters", "redrive", "--json")
+    code, out = run_cli(s, monkeypatch, capsys, "dead-letters", "redrive", "--json")
     redriven = json.loads(out)
     assert code == EXIT_OK
     assert sorted((r["offset"], r["landed"], r["reason"]) for r in redriven) == [
@@ -152,7 +142,7 @@ def test_dead_letters_from_a_too_narrow_column_land_once_it_is_widened_and_the_i
         names = [r[0] for r in conn.execute("SELECT name FROM participants ORDER BY code")]
         left = conn.execute('SELECT "offset", reason FROM exporter_dead_letters ORDER BY 1').fetchall()
     assert names == [f"Broker {i}" for i in range(4)] and left == [(4, "invalid_json"), (5, "invalid_json")]
-    code, out = run(s, monkeypatch, capsys, "dead-letters", "redrive", "--json", "--stage", "database")
+    code, out = run_cli(s, monkeypatch, capsys, "dead-letters", "redrive", "--json", "--stage", "database")
     assert json.loads(out) == []  # nothing of the kind is left
 
 
@@ -176,14 +166,14 @@ def test_replay_refuses_beside_active_workers_then_reads_again_without_duplicate
     worker = ExporterProcess(s, tmp_path / "first.log")
     try:
         wait_exported(s.conninfo(), topic, ends_of(located))
-        code, _ = run(s, monkeypatch, capsys, "replay", "--from-time", middle, "--yes")
+        code, _ = run_cli(s, monkeypatch, capsys, "replay", "--from-time", middle, "--yes")
         assert code == EXIT_REFUSED  # a worker of the group is active
     finally:
         assert worker.terminate() == 0
     counts_before = _append_counts(s)
-    code, out = run(s, monkeypatch, capsys, "replay", "--from-time", middle)
+    code, out = run_cli(s, monkeypatch, capsys, "replay", "--from-time", middle)
     assert code == EXIT_REFUSED and "partition" in out  # said what it would do, then was not confirmed
-    code, out = run(s, monkeypatch, capsys, "replay", "--from-time", middle, "--yes")
+    code, out = run_cli(s, monkeypatch, capsys, "replay", "--from-time", middle, "--yes")
     assert code == EXIT_OK
     with psycopg.connect(s.conninfo()) as conn:
         restart: dict[int, int] = dict(
@@ -203,7 +193,7 @@ def test_replay_refuses_beside_active_workers_then_reads_again_without_duplicate
         actual = snapshot(conn)
     assert actual == expected, diff(expected, actual)
     # A full rebuild: empty tables, every message read again, the same result.
-    code, _ = run(s, monkeypatch, capsys, "replay", "--truncate", "--yes")
+    code, _ = run_cli(s, monkeypatch, capsys, "replay", "--truncate", "--yes")
     assert code == EXIT_OK and _append_counts(s) == (0, 0, 0, 0)
     rebuilt = ExporterProcess(s, tmp_path / "rebuilt.log")
     try:
@@ -241,7 +231,9 @@ def test_replay_of_some_tables_rebuilds_them_and_their_children_and_leaves_the_r
         conn.execute("UPDATE orders SET state = 'X'")  # damage to repair
         conn.execute("DELETE FROM order_acks WHERE id IN (SELECT id FROM order_acks LIMIT 5)")
         before: dict[str, Any] = dict(conn.execute("SELECT code, exported_at FROM participants").fetchall())
-    code, out = run(s, monkeypatch, capsys, "replay", "--truncate", "--tables", "orders", "--yes", "--json")
+    code, out = run_cli(
+        s, monkeypatch, capsys, "replay", "--truncate", "--tables", "orders", "--yes", "--json"
+    )
     plan = json.loads(out)
     assert code == EXIT_OK and plan["applied"] and plan["truncate"]
     assert plan["tables"] == ["orders", "contracts", "order_acks", "order_naks"]

@@ -16,7 +16,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pme_exporter import cli
 from pme_exporter.devtools.generator import Located, ends_of, publish, trading_day
 from pme_exporter.devtools.stack import exporter_env
 from pme_exporter.errors import EXIT_OK, EXIT_REFUSED
@@ -24,18 +23,9 @@ from pme_exporter.retention import RETAINED
 from pme_exporter.schema import BY_TABLE, WriteMode
 from pme_exporter.settings import Settings
 from tests.corpus import encode
-from tests.helpers import ExporterProcess, ExporterThread, wait_exported
+from tests.helpers import ExporterProcess, ExporterThread, run_cli, wait_exported
 from tests.model import Tables, apply_events, diff, snapshot
 from tests.stack import Stack
-
-
-def run(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str]:
-    for name, value in settings.to_env().items():
-        monkeypatch.setenv(name, value)
-    code = cli.main(list(args))
-    return code, capsys.readouterr().out
 
 
 def live_and_archived(conn: psycopg.Connection[Any]) -> tuple[Tables, Tables, dict[str, int]]:
@@ -107,7 +97,7 @@ def test_archive_beside_a_loaded_exporter_loses_nothing_and_a_crash_then_a_rerun
 
     try:
         wait_exported(s.conninfo(), topic, ends_of(old))
-        code, out = run(
+        code, out = run_cli(
             s, monkeypatch, capsys, "retention", "archive", "--older-than", "1d", "--dry-run", "--json"
         )
         planned = {o["table"]: o["rows"] for o in json.loads(out)}
@@ -140,7 +130,7 @@ def test_archive_beside_a_loaded_exporter_loses_nothing_and_a_crash_then_a_rerun
         with psycopg.connect(s.conninfo()) as conn:
             left = conn.execute("SELECT count(*) FROM order_acks").fetchone()
         assert left is not None and left[0] > 0  # it did stop in the middle
-        code, out = run(
+        code, out = run_cli(
             s, monkeypatch, capsys, "retention", "archive", "--older-than", "1d", "--batch-size", "200"
         )
         assert code == EXIT_OK, out
@@ -161,7 +151,7 @@ def test_archive_beside_a_loaded_exporter_loses_nothing_and_a_crash_then_a_rerun
     assert rest == {t: r for t, r in expected.items() if t not in RETAINED}
     assert min(live_orders) > 1_000_000 and max(archived_orders) <= 400 and len(archived_orders) == 400
     assert max(waits) < s.flush_interval_ms / 1000, max(waits)
-    code, out = run(s, monkeypatch, capsys, "verify")
+    code, out = run_cli(s, monkeypatch, capsys, "verify")
     assert code == EXIT_OK, out  # archived rows count as stored
 
 
@@ -180,16 +170,16 @@ def test_a_parent_with_a_young_child_stays_and_purge_asks_then_deletes_live_and_
     )
     with ExporterThread(s):
         wait_exported(s.conninfo(), topic, ends_of(located))
-    code, out = run(s, monkeypatch, capsys, "retention", "archive", "--older-than", "7d")
+    code, out = run_cli(s, monkeypatch, capsys, "retention", "archive", "--older-than", "7d")
     assert code == EXIT_OK and "orders: 59 row(s) archived" in out
     with psycopg.connect(s.conninfo()) as conn:
         assert [n for (n,) in conn.execute("SELECT nid FROM orders")] == [1]  # held by its young ack
         assert conn.execute("SELECT count(*) FROM order_acks").fetchone() == (1,)
-    code, out = run(s, monkeypatch, capsys, "retention", "purge", "--older-than", "7d")
+    code, out = run_cli(s, monkeypatch, capsys, "retention", "purge", "--older-than", "7d")
     assert code == EXIT_REFUSED  # no terminal to confirm on, no --yes
-    code, out = run(s, monkeypatch, capsys, "retention", "purge", "--older-than", "7d", "--dry-run")
+    code, out = run_cli(s, monkeypatch, capsys, "retention", "purge", "--older-than", "7d", "--dry-run")
     assert code == EXIT_OK and "orders: 0 row(s) would be purged" in out
-    code, out = run(s, monkeypatch, capsys, "retention", "purge", "--older-than", "7d", "--yes", "--json")
+    code, out = run_cli(s, monkeypatch, capsys, "retention", "purge", "--older-than", "7d", "--yes", "--json")
     purged = {o["table"]: o["archived_purged"] for o in json.loads(out)}
     assert code == EXIT_OK and purged["orders"] == 59
     with psycopg.connect(s.conninfo()) as conn:

@@ -10,23 +10,13 @@ import orjson
 import psycopg
 import pytest
 
-from pme_exporter import cli
 from pme_exporter.devtools.generator import ends_of, publish, trading_day
 from pme_exporter.errors import EXIT_MISMATCH, EXIT_OK
 from pme_exporter.settings import Settings
 from pme_exporter.verify import in_sample
 from tests.corpus import DATABASE_CASES, encode
-from tests.helpers import ExporterProcess, wait_exported
+from tests.helpers import ExporterProcess, run_cli, wait_exported
 from tests.stack import Stack
-
-
-def run(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str]:
-    for name, value in settings.to_env().items():
-        monkeypatch.setenv(name, value)
-    code = cli.main(list(args))
-    return code, capsys.readouterr().out
 
 
 def _planted_day() -> list[tuple[int | None, bytes | None, bytes | None]]:
@@ -70,7 +60,7 @@ def test_verify_passes_on_an_exported_day_and_names_an_altered_a_deleted_and_a_d
     try:
         wait_exported(s.conninfo(), topic, ends_of(located))
         # Read-only and consistent beside a running worker.
-        code, out = run(s, monkeypatch, capsys, "verify", "--json")
+        code, out = run_cli(s, monkeypatch, capsys, "verify", "--json")
     finally:
         assert worker.terminate() == 0
     result = json.loads(out)
@@ -104,14 +94,14 @@ def test_verify_passes_on_an_exported_day_and_names_an_altered_a_deleted_and_a_d
                SELECT order_nid, acknowledged_at, created_at, src_topic, %s, %s FROM order_acks LIMIT 1""",
             (p, o),
         )
-    code, out = run(s, monkeypatch, capsys, "verify")
+    code, out = run_cli(s, monkeypatch, capsys, "verify")
     assert code == EXIT_MISMATCH, out
     assert "verify: 3 mismatch(es)" in out
     assert "orders: altered key 990001" in out and "quantity" in out
     assert f"instruments: missing key {instrument[0]}" in out
     assert f"order_acks: extra at partition {p} offset {o}" in out
     # Sampled: the keys outside the sample are not read, the ones inside still are.
-    code, out = run(s, monkeypatch, capsys, "verify", "--json", "--sample", "0.5")
+    code, out = run_cli(s, monkeypatch, capsys, "verify", "--json", "--sample", "0.5")
     sampled = json.loads(out)
     named = {(m["table"], m["key"]) for m in sampled["mismatches"]}
     assert (("orders", "990001") in named) == in_sample("990001", 0.5)
@@ -150,6 +140,6 @@ def test_verify_reports_a_decode_failure_that_is_not_a_dead_letter(
         assert worker.terminate() == 0
     with psycopg.connect(s.conninfo(), autocommit=True) as conn:
         conn.execute("DELETE FROM exporter_dead_letters")
-    code, out = run(s, monkeypatch, capsys, "verify")
+    code, out = run_cli(s, monkeypatch, capsys, "verify")
     assert code == EXIT_MISMATCH
     assert "dead_letters: lost at partition 0 offset 1: the message fails decoding (invalid_json)" in out
