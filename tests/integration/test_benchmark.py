@@ -91,3 +91,20 @@ def test_isolation_harness_reports_time_statements_and_exact_dead_letters(
             [sys.executable, script, *args], capture_output=True, text=True, timeout=60, env=os.environ
         )
         assert bad.returncode == 2 and "error" in bad.stderr, (args, bad.stderr)
+
+
+def test_consumer_side_harness_reports_three_costs_per_event() -> None:
+    script = str(REPO / "benchmarks" / "consumer_side.py")
+    done = subprocess.run(
+        [sys.executable, script, "--orders", "300", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    costs = [float(line.split()[-2]) for line in done.stdout.splitlines() if line.endswith("us/event")]
+    assert len(costs) == 3 and all(c > 0 for c in costs)
+    bad = subprocess.run(
+        [sys.executable, script, "--orders", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "must be positive" in bad.stderr
