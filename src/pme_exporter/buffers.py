@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pme_exporter.decode import Decoder, instant_of
+from pme_exporter.decode import Decoder, compare_instants
 from pme_exporter.errors import DecodeError, ValueRefused
 from pme_exporter.progress import CarryPolicy
 from pme_exporter.schema import BY_TABLE, Kind, TableSpec
@@ -138,12 +138,12 @@ class TableRows:
     sources: list[Source] = field(default_factory=list)
     # Where each row's line starts in copy_data, so one row's text can be taken back.
     starts: array[int] = field(default_factory=lambda: array("q"))
-    # Collapse (``spec.collapsible``): per key, the seq of its newest version by
-    # (ts, partition, offset), and the least ts seen (instant, text). Every version
-    # stays in copy_data, so a batch PostgreSQL refuses can be written uncollapsed.
+    # Collapse (``spec.collapsible``): per key, the seq and ts of its newest version by
+    # (ts, partition, offset), and the least ts seen. Every version stays in
+    # copy_data, so a batch PostgreSQL refuses can be written uncollapsed.
     winners: dict[Any, int] = field(default_factory=dict)
-    least: dict[Any, tuple[int, str]] = field(default_factory=dict)
-    instants: array[int] = field(default_factory=lambda: array("q"))
+    winner_ts: dict[Any, str] = field(default_factory=dict)
+    least: dict[Any, str] = field(default_factory=dict)
 
     def add(self, partition: int, offset: int, key: bytes | None, value: bytes, text: str) -> None:
         # Encoded here, in the consumer thread, so the flusher hands PostgreSQL
@@ -158,18 +158,17 @@ class TableRows:
         """``add`` for a collapsible table: also keeps the key's newest version and least ts."""
         seq = len(self.sources)
         self.add(partition, offset, key, value, text)
-        instant = instant_of(ts)
-        self.instants.append(instant)
         current = self.winners.get(entity)
         if current is None:
             self.winners[entity] = seq
-            self.least[entity] = (instant, ts)
+            self.winner_ts[entity] = self.least[entity] = ts
             return
-        held = self.sources[current]
-        if (instant, partition, offset) > (self.instants[current], held[0], held[1]):
+        order = compare_instants(ts, self.winner_ts[entity])
+        if order > 0 or (order == 0 and (partition, offset) > self.sources[current][:2]):
             self.winners[entity] = seq
-        if instant < self.least[entity][0]:
-            self.least[entity] = (instant, ts)
+            self.winner_ts[entity] = ts
+        if compare_instants(ts, self.least[entity]) < 0:
+            self.least[entity] = ts
 
     @property
     def collapsed(self) -> bool:
@@ -187,7 +186,7 @@ class TableRows:
         for entity, seq in self.winners.items():
             end = starts[seq + 1] if seq + 1 < n else len(data)
             out += data[starts[seq] : end - 1]
-            out += f"\t{least[entity][1]}\n".encode()
+            out += f"\t{least[entity]}\n".encode()
         return out
 
     def row_text(self, seq: int) -> str:

@@ -105,8 +105,8 @@ def test_a_collapsed_batch_stages_each_keys_newest_version_and_its_least_ts() ->
     rows = batch.tables["orders"]
     assert rows.winners == {1: 2, 2: 4} and rows.superseded == 3
     assert rows.least == {
-        1: (rows.instants[1], "2025-11-29T02:00:00Z"),
-        2: (rows.instants[3], "2025-11-29T09:00:00.0000004Z"),  # the same instant, seen first
+        1: "2025-11-29T02:00:00Z",
+        2: "2025-11-29T09:00:00.0000004Z",  # the same instant, seen first
     }
     lines = rows.collapsed_copy().decode().splitlines()
     assert [line.split("\t")[:4] for line in lines] == [
@@ -121,7 +121,7 @@ def test_a_collapsed_batch_stages_each_keys_newest_version_and_its_least_ts() ->
 
 
 def test_instants_round_to_the_microsecond_as_postgresql_does() -> None:
-    from pme_exporter.decode import instant_of
+    from pme_exporter.decode import compare_instants, instant_of
 
     base = instant_of("2025-11-29T09:00:00Z")
     assert instant_of("2025-11-29t09:00:00z") == base == instant_of("2025-11-29 16:00:00+07:00")
@@ -129,6 +129,19 @@ def test_instants_round_to_the_microsecond_as_postgresql_does() -> None:
     assert instant_of("2025-11-29T09:00:00.0000006Z") == base + 1
     assert instant_of("2025-11-29T09:00:00.9999996Z") == base + 1_000_000
     assert instant_of("2025-11-29T09:00:00.25Z") == base + 250_000
+    # Compared as text when written alike, by instant otherwise: the same answers.
+    pairs = [
+        ("2025-11-29T09:00:01Z", "2025-11-29T09:00:00Z", 1),
+        ("2025-11-29T09:00:00+07:00", "2025-11-29T08:59:59+07:00", 1),
+        ("2025-11-29T09:00:00+07:00", "2025-11-29T02:00:00Z", 0),
+        ("2025-11-29T09:00:00+07:00", "2025-11-29T09:00:00+06:00", -1),  # text-wise greater, earlier
+        ("2025-11-29T09:00:00.5Z", "2025-11-29T09:00:00.4999999Z", 0),  # rounds to the same microsecond
+        ("2025-11-29T09:00:00.5000001Z", "2025-11-29T09:00:00.4999994Z", 1),
+        ("2025-11-29t09:00:00z", "2025-11-29T09:00:00Z", 0),
+        ("2025-11-29 09:00:00Z", "2025-11-29T09:00:00.0000004Z", 0),
+    ]
+    for a, b, sign in pairs:
+        assert compare_instants(a, b) == sign == -compare_instants(b, a), (a, b)
 
 
 def test_children_and_tables_with_another_unique_column_are_never_collapsed() -> None:
