@@ -13,14 +13,17 @@ export PME_KAFKA_CONTROLLER_PORT="$((PME_KAFKA_PORT + 2))"
 export PME_PG_PORT="${PME_SECURE_PG_PORT:-15433}"
 export PME_DB_USER="pme_owner"
 export PME_DB_NAME="pme"
-# Passwords are made once per secured stack and kept beside it (mode 600).
+# Passwords are made once per secured stack and kept beside it (mode 600);
+# `down --secure` only stops, and makes nothing.
 SECRETS_DIR="$PME_STACK_DIR/secrets"
-mkdir -p "$SECRETS_DIR"
-chmod 700 "$SECRETS_DIR"
-for name in owner worker reader kafka-worker; do
-  if [ ! -s "$SECRETS_DIR/$name" ]; then
-    (umask 077 && openssl rand -hex 16 >"$SECRETS_DIR/$name")
-  fi
-done
-PME_DB_PASSWORD="$(cat "$SECRETS_DIR/owner")"
-export PME_DB_PASSWORD
+if [ -z "${PME_SECURE_STOPPING:-}" ]; then
+  mkdir -p "$SECRETS_DIR"
+  chmod 700 "$SECRETS_DIR"
+  for name in owner worker reader kafka-worker; do
+    if [ ! -s "$SECRETS_DIR/$name" ]; then
+      (umask 077 && openssl rand -hex 16 >"$SECRETS_DIR/$name")
+    fi
+  done
+  PME_DB_PASSWORD="$(cat "$SECRETS_DIR/owner")"
+  export PME_DB_PASSWORD
+fi

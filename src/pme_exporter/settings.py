@@ -352,6 +352,7 @@ _TOOL_VARIABLES = frozenset(
         "PME_SECURE_STACK_DIR",
         "PME_SECURE_KAFKA_PORT",
         "PME_SECURE_PG_PORT",
+        "PME_SECURE_STOPPING",
     }
 )
 
