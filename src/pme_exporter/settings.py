@@ -60,7 +60,7 @@ class Settings:
     # An idle lane flushes a batch this old at once (adaptive flushing); 0: wait for N or T.
     flush_linger_ms: int = 20
     # Database connections that flush at once, each for its own share of the partitions.
-    # In four harness runs on 2 shared cores, 2 lanes beat 1 by 3.5-21% (README Performance).
+    # In five of six harness runs on 2 shared cores, 2 lanes beat 1 by 3.5-21% (README Performance).
     flush_lanes: int = 2
     # Under a backlog batches grow to this bound while the previous one is written;
     # on 1M events 60k was 5% faster than 40k (less database work per event).
