@@ -113,8 +113,11 @@ def verify_topic(
             )
         }
         result = VerifyResult(topic, bounds, sample)
+        column_types = live_column_types(conn)  # as they are now: a column widened by hand included
         _create_scratch(conn)
-        starts = _stream(settings, conn, result, progress, stall_s)
+        starts = _stream(
+            settings, conn, Decoder(settings.max_message_bytes, column_types), result, progress, stall_s
+        )
         conn.execute(
             "CREATE TEMP TABLE vfy_bounds AS SELECT * FROM unnest(%s::int[], %s::bigint[], %s::bigint[])"
             " AS b(p, first_offset, end_offset)",
@@ -127,7 +130,7 @@ def verify_topic(
             )
         }
         for spec in TABLES:
-            live_types = _live_types(conn, spec.table)
+            live_types = column_types[spec.table]
             with_archive = f"{spec.table}_archive" in archived
             query = (
                 _upsert_check(spec, live_types, with_archive)
@@ -136,14 +139,18 @@ def verify_topic(
             )
             counts = dict.fromkeys(VERDICTS, 0)
             params = {"topic": topic, "sample": sample}
-            for verdict, partition, offset, key, detail in conn.execute(query, params):
-                counts[verdict] += 1
-                if verdict in MISMATCHES:
-                    result.mismatch_count += 1
-                    if len(result.mismatches) < keep:
-                        result.mismatches.append(
-                            Mismatch(spec.table, verdict, partition, offset, key, detail)
-                        )
+            # A server-side cursor: a row per key or message comes back, so fetch them a batch at a time.
+            with conn.cursor(name=f"vfy_check_{spec.table}") as cur:
+                cur.itersize = 10_000
+                cur.execute(query, params)
+                for verdict, partition, offset, key, detail in cur:
+                    counts[verdict] += 1
+                    if verdict in MISMATCHES:
+                        result.mismatch_count += 1
+                        if len(result.mismatches) < keep:
+                            result.mismatches.append(
+                                Mismatch(spec.table, verdict, partition, offset, key, detail)
+                            )
             counts["messages"] = conn.execute(
                 sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(f"vfy_{spec.table}"))
             ).fetchone()[0]  # type: ignore[index]
@@ -181,18 +188,6 @@ def _create_scratch(conn: psycopg.Connection[Any]) -> None:
     conn.execute("CREATE TEMP TABLE vfy_rejected (p int, o bigint, reason text)")
 
 
-def _live_types(conn: psycopg.Connection[Any], table: str) -> dict[str, str]:
-    """Each column's declared type as it is now (a column may have been widened since)."""
-    return {
-        name: typ
-        for name, typ in conn.execute(
-            """SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
-               WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped""",
-            (table,),
-        )
-    }
-
-
 class _Copier:
     """Per-table COPY text of the decoded messages, sent a chunk at a time."""
 
@@ -228,13 +223,13 @@ class _Copier:
 def _stream(
     settings: Settings,
     conn: psycopg.Connection[Any],
+    decoder: Decoder,
     result: VerifyResult,
     progress: Callable[[int, int], None] | None,
     stall_s: float,
 ) -> dict[int, int]:
     """Reads every partition from its first offset to its bound; returns the first offsets."""
     topic = result.topic
-    decoder = Decoder(settings.max_message_bytes, live_column_types(conn))
     copier = _Copier(conn)
     consumer = Consumer(
         {**settings.kafka_config(), "enable.auto.commit": False, "enable.partition.eof": False}
