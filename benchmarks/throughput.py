@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,11 +145,16 @@ class CpuMeter:
     """CPU-seconds used by the local servers between start() and stop(); 0 when they run elsewhere.
 
     PostgreSQL's postmaster reaps its backends into its cutime, so a backend
-    that exits in between (psql's) still counts.
+    that exits in between (psql's) still counts, once reaped: stop() first
+    waits (bounded) for the backends that started meanwhile to be gone. Read
+    while one is exiting, its CPU is in neither place (its command line reads
+    empty, its stat vanishes, the postmaster was read before the reap): a short
+    ceiling run read 0.0 CPU-s that way.
     """
 
     def __init__(self) -> None:
         self._start: dict[str, float] = {}
+        self._backends_before: set[int] = set()
 
     @staticmethod
     def _now() -> dict[str, float]:
@@ -159,10 +164,47 @@ class CpuMeter:
         }
 
     def start(self) -> None:
+        _await_gone(lambda: _backends(departing_only=True))
+        self._backends_before = set(_backends())
         self._start = self._now()
 
-    def stop(self) -> dict[str, float]:
+    def stop(self, clients_gone: bool) -> dict[str, float]:
+        """``clients_gone``: the clients that connected meanwhile have exited, so their
+        backends are awaited; otherwise they are still running and counted as such."""
+        if clients_gone:
+            _await_gone(lambda: [pid for pid in _backends() if pid not in self._backends_before])
         return {name: used - self._start[name] for name, used in self._now().items()}
+
+
+def _backends(departing_only: bool = False) -> list[int]:
+    """Children of the postmaster but autovacuum workers, which come and go on their own;
+    with ``departing_only``, those exiting or exited but not yet reaped."""
+    postmasters = set()
+    for pid in pids_running("postgres"):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"/"):  # backends retitle theirs
+                postmasters.add(pid)
+        except OSError:
+            continue
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (entry / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid not in postmasters or b"autovacuum" in cmdline:
+                continue
+            if not departing_only or not cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def _await_gone(pending: Callable[[], list[int]], bound_s: float = 5.0) -> None:
+    deadline = time.monotonic() + bound_s
+    while pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -232,7 +274,7 @@ def end_to_end(settings: Settings, topic: str, total: int, workers: int, timeout
                 raise RuntimeError(f"an exporter exited: {procs[0].stderr.read() if procs[0].stderr else ''}")
             time.sleep(0.1)
         elapsed = time.monotonic() - started
-        cpu = servers.stop() | {"exporter": cpu_seconds([p.pid for p in procs])}
+        cpu = servers.stop(clients_gone=False) | {"exporter": cpu_seconds([p.pid for p in procs])}
     finally:
         for p in procs:
             peak = max(peak, peak_rss_mb(p.pid)) if p.poll() is None else peak
@@ -351,7 +393,7 @@ def pg_ceiling(
         stdout=subprocess.DEVNULL,
     )
     elapsed = time.monotonic() - started
-    return len(batch) / elapsed, servers.stop()
+    return len(batch) / elapsed, servers.stop(clients_gone=True)
 
 
 # -- the original design's pattern --------------------------------------------------------
