@@ -112,23 +112,33 @@ class KafkaErrorPolicy:
             raise KafkaFatalError(f"the topic has been missing for {self._clock() - since:.0f}s")
 
 
+PREFETCH_DEFAULTS: dict[str, Any] = {
+    # librdkafka's prefetch was most of our memory. A fetched chunk stays
+    # allocated until every message in it is gone, and a queue is counted in
+    # compressed bytes, so smaller fetches bound memory more than a smaller
+    # queue does. Small queues were slow only while a full one postponed the
+    # next fetch by fetch.queue.backoff.ms (1000 ms by default). Measured on a
+    # 1M-event, 6-partition lz4 backlog, with PME_MAX_BUFFERED_EVENTS 30000
+    # (events/s, peak RSS, pairs from one run): 8 MB queue and 1 MB fetches
+    # 51.7k / 270 MB and 57.6k / 270 MB; 4 MB and 256 kB 53.4k / 159 MB and
+    # 61.1k / 159 MB. 128 kB fetches were slower (44k) and no smaller.
+    "queued.min.messages": 100_000,
+    "queued.max.messages.kbytes": 4_096,
+    "max.partition.fetch.bytes": 262_144,
+    "fetch.queue.backoff.ms": 20,
+    "fetch.wait.max.ms": 100,
+}
+
+
 def consumer_config(base: dict[str, Any]) -> dict[str, Any]:
     return {
+        # Prefetch tuning: defaults an operator may override (PME_RDKAFKA_*).
+        **PREFETCH_DEFAULTS,
         **base,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
-        # librdkafka's prefetch queue (per partition in practice) was most of our
-        # memory. Small queues were slow only because a full queue postponed the
-        # next fetch by fetch.queue.backoff.ms, 1000 ms by default. Measured on a
-        # 500k-event, 6-partition backlog (exported in / peak RSS): 32 MB 5.6 s /
-        # 219 MB; 8 MB 13.4 s; 8 MB with a 20 ms backoff 5.6 s / 149 MB. On 1M
-        # events, 8 MB and 32 MB both took 10.4 s (182 / 229 MB).
-        "queued.min.messages": 100_000,
-        "queued.max.messages.kbytes": 8_192,
-        "fetch.queue.backoff.ms": 20,
-        "fetch.wait.max.ms": 100,
         "logger": KAFKA_LOG,
     }
 

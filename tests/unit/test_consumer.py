@@ -11,9 +11,10 @@ import orjson
 import pytest
 from confluent_kafka import TopicPartition
 
-from pme_exporter.consumer import ConsumerLoop
+from pme_exporter.consumer import PREFETCH_DEFAULTS, ConsumerLoop, consumer_config
 from pme_exporter.flusher import Flusher
 from pme_exporter.metrics import Metrics
+from pme_exporter.settings import Settings
 from tests.fakes import FakeConsumer, FakeMessage, MemorySink
 
 
@@ -239,3 +240,20 @@ def test_lanes_own_their_partitions_and_flush_them_apart(harness: Any) -> None:
     wait_for(lambda: len(sink.batches) == 2)
     assert sorted(sorted(b.next_offsets) for b in sink.batches) == [[0, 2], [1, 3]]
     wait_for(lambda: {p: o for c in consumer.commits for p, o in c.items()} == {0: 3, 1: 3, 2: 3, 3: 3})
+
+
+def test_prefetch_defaults_yield_to_the_operator_but_guarantees_do_not() -> None:
+    settings = Settings.from_env(
+        {
+            "PME_RDKAFKA_QUEUED_MAX_MESSAGES_KBYTES": "1024",
+            "PME_RDKAFKA_MAX_PARTITION_FETCH_BYTES": "65536",
+        }
+    )
+    config = consumer_config(settings.kafka_config())
+    assert config["queued.max.messages.kbytes"] == "1024"
+    assert config["max.partition.fetch.bytes"] == "65536"
+    assert config["fetch.queue.backoff.ms"] == PREFETCH_DEFAULTS["fetch.queue.backoff.ms"]
+    # Offsets are stored and committed by the exporter alone, whatever the base says.
+    forced = consumer_config({"enable.auto.commit": True, "enable.auto.offset.store": True})
+    assert forced["enable.auto.commit"] is False and forced["enable.auto.offset.store"] is False
+    assert consumer_config({})["max.partition.fetch.bytes"] == PREFETCH_DEFAULTS["max.partition.fetch.bytes"]
