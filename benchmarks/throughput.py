@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import re
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,8 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import confluent_kafka
+import orjson
 import psycopg
 from confluent_kafka import Consumer, Producer
+from prometheus_client.parser import text_string_to_metric_families
 
 from pme_exporter.buffers import Batch, InMemoryMessage
 from pme_exporter.consumer import consumer_config
@@ -452,22 +457,8 @@ def design_pattern(
 # -- latency -------------------------------------------------------------------------
 
 
-def latency(settings: Settings, rate: int, seconds: float, partitions: int) -> dict[str, float]:
-    """Events stamped with their produce time at a steady rate; latency = exported_at - event time."""
-    topic = f"bench-latency-{rate}-{uuid.uuid4().hex[:6]}"
-    create_topic(settings.kafka_url, topic, partitions)
-    s = fresh_database(settings, "pme_bench_latency").replace(
-        kafka_topic=topic, kafka_group_id=topic, metrics_port=0
-    )
-    proc = subprocess.Popen([sys.executable, "-m", "pme_exporter.cli", "run"], env=exporter_env(s))
-    producer = Producer({"bootstrap.servers": settings.kafka_url, "linger.ms": 1})
-    # Let the worker join its group before the clock starts.
-    deadline = time.monotonic() + 30
-    progress = Progress(s.conninfo(), topic)
-    while progress() == 0 and time.monotonic() < deadline:
-        producer.produce(topic, key=b"warmup", value=None)
-        producer.flush(5)
-        time.sleep(0.2)
+def produce_steadily(producer: Producer, topic: str, rate: int, seconds: float) -> None:
+    """A trading day at ``rate`` events/s, each stamped with the time it is produced."""
     source: Iterator[tuple[bytes | None, bytes | None]] = trading_day(
         10**9, seed=5, clock=lambda: datetime.now(UTC)
     )
@@ -482,8 +473,82 @@ def latency(settings: Settings, rate: int, seconds: float, partitions: int) -> d
         producer.produce(topic, key=key, value=value)
         producer.poll(0)
     producer.flush(30)
+
+
+def kafka_latency(settings: Settings, rate: int, seconds: float, partitions: int) -> dict[str, float]:
+    """The floor under the exporter's latency, in the same run: the same events at the same
+    rate, received by a bare consumer with the exporter's consumer settings in a process of
+    its own; latency = receipt - event time."""
+    topic = f"bench-kafka-latency-{rate}-{uuid.uuid4().hex[:6]}"
+    create_topic(settings.kafka_url, topic, partitions)
+    spawn = multiprocessing.get_context("spawn")
+    ready, stop, results = spawn.Event(), spawn.Event(), spawn.Queue()
+    receiver = spawn.Process(target=receive_latencies, args=(settings.kafka_url, topic, ready, stop, results))
+    receiver.start()
+    try:
+        if not ready.wait(30):
+            raise RuntimeError("the latency receiver got no partitions within 30 s")
+        time.sleep(0.5)
+        produce_steadily(
+            Producer({"bootstrap.servers": settings.kafka_url, "linger.ms": 1}), topic, rate, seconds
+        )
+        time.sleep(1.0)
+        stop.set()
+        latencies: list[float] = sorted(results.get(timeout=60))
+    finally:
+        stop.set()
+        receiver.join(30)
+        if receiver.is_alive():
+            receiver.kill()
+    if not latencies:
+        raise RuntimeError("the latency receiver got no events")
+    return {
+        "p50_ms": latencies[len(latencies) // 2],
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "max_ms": latencies[-1],
+    }
+
+
+def receive_latencies(bootstrap: str, topic: str, ready: Any, stop: Any, results: Any) -> None:
+    """kafka_latency's receiver (a spawned process): poll() returns at each message, so
+    nothing here waits to fill a batch."""
+    consumer = Consumer(consumer_config({"bootstrap.servers": bootstrap, "group.id": topic}))
+    consumer.subscribe([topic], on_assign=lambda _c, _p: ready.set())
+    received: list[float] = []
+    try:
+        while not stop.is_set():
+            message = consumer.poll(0.1)
+            value = None if message is None or message.error() is not None else message.value()
+            if value is None:
+                continue
+            at = time.time()
+            sent = datetime.fromisoformat(orjson.loads(value)["ts"]).timestamp()
+            received.append((at - sent) * 1000)
+    finally:
+        consumer.close()
+    results.put(received)
+
+
+def latency(settings: Settings, rate: int, seconds: float, partitions: int) -> dict[str, float]:
+    """Events stamped with their produce time at a steady rate; latency = exported_at - event time."""
+    topic = f"bench-latency-{rate}-{uuid.uuid4().hex[:6]}"
+    create_topic(settings.kafka_url, topic, partitions)
+    s = fresh_database(settings, "pme_bench_latency").replace(
+        kafka_topic=topic, kafka_group_id=topic, metrics_port=free_port()
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "pme_exporter.cli", "run"], env=exporter_env(s))
+    producer = Producer({"bootstrap.servers": settings.kafka_url, "linger.ms": 1})
+    # Let the worker join its group before the clock starts.
+    deadline = time.monotonic() + 30
+    progress = Progress(s.conninfo(), topic)
+    while progress() == 0 and time.monotonic() < deadline:
+        producer.produce(topic, key=b"warmup", value=None)
+        producer.flush(5)
+        time.sleep(0.2)
+    produce_steadily(producer, topic, rate, seconds)
     progress.close()
     time.sleep(1.0 + s.flush_interval_ms / 1000)
+    flushes = flush_durations(s.metrics_port)
     proc.terminate()
     proc.wait(60)
     union = " UNION ALL ".join(
@@ -495,7 +560,71 @@ def latency(settings: Settings, rate: int, seconds: float, partitions: int) -> d
             f"SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms), count(*) FROM ({union}) l"
         ).fetchone()
     assert row is not None
-    return {"p50_ms": float(row[0]), "p99_ms": float(row[1]), "max_ms": float(row[2]), "rows": int(row[3])}
+    return {
+        "p50_ms": float(row[0]),
+        "p99_ms": float(row[1]),
+        "max_ms": float(row[2]),
+        "rows": int(row[3]),
+        **flushes,
+        # The issue's bound on a slower machine: the linger plus twice the median flush.
+        "p99_bound_ms": s.flush_linger_ms + 2 * flushes["flush_p50_ms"],
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def flush_durations(port: int) -> dict[str, float]:
+    """The worker's own flush figures from /metrics: the median as histogram_quantile
+    interpolates it in its bucket, the mean, the count and the mean batch size."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    buckets: list[tuple[float, float]] = []
+    count = total = batches = batch_events = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (
+                sample.name == "pme_exporter_flush_duration_seconds_bucket"
+                and sample.labels["phase"] == "total"
+            ):
+                buckets.append((float(sample.labels["le"]), sample.value))
+            elif (
+                sample.name == "pme_exporter_flush_duration_seconds_count"
+                and sample.labels["phase"] == "total"
+            ):
+                count = sample.value
+            elif (
+                sample.name == "pme_exporter_flush_duration_seconds_sum" and sample.labels["phase"] == "total"
+            ):
+                total = sample.value
+            elif sample.name == "pme_exporter_batch_size_events_count":
+                batches = sample.value
+            elif sample.name == "pme_exporter_batch_size_events_sum":
+                batch_events = sample.value
+    return {
+        "flush_p50_ms": histogram_median(sorted(buckets)) * 1000,
+        "flush_mean_ms": total / count * 1000 if count else 0.0,
+        "flushes": count,
+        "batch_mean_events": batch_events / batches if batches else 0.0,
+    }
+
+
+def histogram_median(buckets: list[tuple[float, float]]) -> float:
+    """Prometheus's histogram_quantile(0.5, ...) for cumulative (upper bound, count) pairs."""
+    if not buckets or buckets[-1][1] == 0:
+        return 0.0
+    rank = buckets[-1][1] / 2
+    lower, below = 0.0, 0.0
+    for upper, cumulative in buckets:
+        if cumulative >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / (cumulative - below)
+        lower, below = upper, cumulative
+    return lower
 
 
 # -- main ----------------------------------------------------------------------------
@@ -702,6 +831,14 @@ def main(argv: list[str] | None = None) -> int:
         figures.put(f"latency_p50_ms@{rate}", result["p50_ms"], "ms")
         figures.put(f"latency_p99_ms@{rate}", result["p99_ms"], "ms")
         figures.put(f"latency_max_ms@{rate}", result["max_ms"], "ms")
+        figures.put(f"latency_flush_p50_ms@{rate}", result["flush_p50_ms"], "ms")
+        figures.put(f"latency_flush_mean_ms@{rate}", result["flush_mean_ms"], "ms")
+        figures.put(f"latency_batch_mean_events@{rate}", result["batch_mean_events"], "events")
+        figures.put(f"latency_p99_bound_ms@{rate}", result["p99_bound_ms"], "ms")
+        floor = kafka_latency(base, rate, args.latency_seconds, args.partitions)
+        figures.put(f"latency_kafka_p50_ms@{rate}", floor["p50_ms"], "ms")
+        figures.put(f"latency_kafka_p99_ms@{rate}", floor["p99_ms"], "ms")
+        figures.put(f"latency_p99_over_kafka_ms@{rate}", result["p99_ms"] - floor["p99_ms"], "ms")
     figures.values["latency_p99_ms"] = {str(r): figures.values[f"latency_p99_ms@{r}"] for r in rates}
     figures.units["latency_p99_ms"] = "ms by events/s"
 

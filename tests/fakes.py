@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -41,11 +42,22 @@ class FakeConsumer:
         self.assigned: list[TopicPartition] = []
         self.on_assign: Callable[..., None] | None = None
         self.closed = False
+        # (call, timeout) of the latest polls and consumes
+        self.waits: deque[tuple[str, float]] = deque(maxlen=1000)
 
     def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         self.on_assign = callbacks["on_assign"]
 
+    def poll(self, timeout: float) -> FakeMessage | None:
+        self.waits.append(("poll", timeout))
+        ready = self._take(1, timeout)
+        return ready[0] if ready else None
+
     def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        self.waits.append(("consume", timeout))
+        return self._take(num_messages, timeout)
+
+    def _take(self, num_messages: int, timeout: float) -> list[FakeMessage]:
         if self.on_assign is not None:
             assign, self.on_assign = self.on_assign, None
             assign(self, [TopicPartition("t", p) for p in self.partitions])
@@ -54,7 +66,7 @@ class FakeConsumer:
             for m in ready:
                 self.queue.remove(m)
         if not ready:
-            time.sleep(0.005)
+            time.sleep(min(timeout, 0.005))
         return ready
 
     def incremental_assign(self, partitions: list[TopicPartition]) -> None:

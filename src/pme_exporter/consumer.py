@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 KAFKA_LOG = logging.getLogger("pme_exporter.kafka")
 
 _POLL_TIMEOUT_S = 0.1
+# How often a lane whose batch is due, but whose previous flush still runs, looks again:
+# consume() otherwise holds the batch until its timeout, whenever the flush ends.
+_BUSY_POLL_S = 0.005
+_FLUSHING_POLL_S = 0.02
 _MAX_POLL_MESSAGES = 5_000
 _LAG_EVERY_S = 1.0
 # Full buffers wait this long for the running flush before pausing partitions.
@@ -198,7 +202,7 @@ class ConsumerLoop:
         self._interval_s = flush_interval_ms / 1000.0
         # 0 turns adaptive flushing off: a batch waits for N events or T ms.
         self._linger_s = flush_linger_ms / 1000.0 if flush_linger_ms > 0 else None
-        self._poll_timeout_s = min(_POLL_TIMEOUT_S, self._linger_s or _POLL_TIMEOUT_S)
+        self._due_after_s = self._linger_s if self._linger_s is not None else self._interval_s
         self._max_buffered = max_buffered_events
         self._deadline_s = shutdown_deadline_s
         self._clock = clock
@@ -230,10 +234,7 @@ class ConsumerLoop:
                 if self.halted is None:
                     self._collect()
                     self._maybe_flush()
-                # At least one, to serve the group's callbacks; when full, the partitions are paused.
-                messages = self._consumer.consume(
-                    num_messages=max(1, self._room()), timeout=self._poll_timeout_s
-                )
+                messages = self._poll()
                 if messages and self.halted is None:
                     self._add(messages)
                 now = self._clock()
@@ -250,6 +251,43 @@ class ConsumerLoop:
         return max(0.0, self._clock() - self._last_progress_at)
 
     # -- the data path ------------------------------------------------------
+    def _poll(self) -> list[Any]:
+        """The next messages, taken so that no batch waits on the poll past its due time.
+
+        ``consume(n, timeout)`` returns when it has n messages or the timeout passes.
+        With nothing buffered, ``poll`` instead wakes at the first message, and what
+        else has arrived is taken without waiting; the batch's linger starts then.
+        """
+        room = max(1, self._room())  # at least one, to serve the group's callbacks
+        timeout = self._poll_timeout()
+        if timeout is not None:
+            return self._consumer.consume(num_messages=room, timeout=timeout)
+        # A running flush's result (its offsets to commit) is collected between polls.
+        flushing = not all(lane.flusher.idle() for lane in self._lanes)
+        first = self._consumer.poll(_FLUSHING_POLL_S if flushing else _POLL_TIMEOUT_S)
+        if first is None:
+            return []
+        if room == 1:
+            return [first]
+        return [first, *self._consumer.consume(num_messages=room - 1, timeout=0)]
+
+    def _poll_timeout(self) -> float | None:
+        """Until the soonest buffered batch is due (its linger, or T without one); a due
+        batch whose lane is still flushing looks again shortly. None: nothing is waiting."""
+        if self.halted is not None:
+            return None
+        soonest: float | None = None
+        for lane in self._lanes:
+            if lane.batch.size == 0:
+                continue
+            due_in = self._due_after_s - lane.batch.age_s()
+            if due_in <= 0 or lane.batch.size >= self._max_batch:
+                due_in = _BUSY_POLL_S
+            soonest = due_in if soonest is None else min(soonest, due_in)
+        if soonest is None:
+            return None
+        return min(_POLL_TIMEOUT_S, max(_BUSY_POLL_S, soonest))
+
     def _new_batch(self) -> Batch:
         return Batch(decoder=self._decoder, clock=self._clock)
 

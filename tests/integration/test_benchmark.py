@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pme_exporter.settings import Settings
 from tests.stack import REPO, Stack
 
 REQUIRED = (
@@ -53,6 +54,14 @@ def test_quick_run_reports_every_figure(stack: Stack, tmp_path: Path) -> None:
     assert results["end_to_end_cpu_s_exporter"] > 0
     if stack.local:  # the servers run on this machine, so their CPU is measured
         assert results["end_to_end_cpu_s_postgres"] > 0 and results["pg_ceiling_cpu_s_postgres"] > 0
+    for rate in ("500", "2000"):
+        # The worker's own flush figures, scraped from its /metrics before it stopped.
+        assert results[f"latency_flush_mean_ms@{rate}"] > 0 and results[f"latency_flush_p50_ms@{rate}"] > 0
+        assert results[f"latency_batch_mean_events@{rate}"] >= 1
+        assert (
+            results[f"latency_p99_bound_ms@{rate}"]
+            == Settings().flush_linger_ms + 2 * results[f"latency_flush_p50_ms@{rate}"]
+        )
     machine = report["machine"]
     assert machine["cores"] and machine["postgresql"] and machine["kafka"] and machine["librdkafka"]
     assert "end_to_end_events_per_s" in proc.stdout  # the table on stdout
