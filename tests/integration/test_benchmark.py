@@ -58,6 +58,11 @@ def test_quick_run_reports_every_figure(stack: Stack, tmp_path: Path) -> None:
         # The worker's own flush figures, scraped from its /metrics before it stopped.
         assert results[f"latency_flush_mean_ms@{rate}"] > 0 and results[f"latency_flush_p50_ms@{rate}"] > 0
         assert results[f"latency_batch_mean_events@{rate}"] >= 1
+        # Kafka alone, same events and rate: the floor the exporter's latency is read against.
+        assert 0 < results[f"latency_kafka_p50_ms@{rate}"] <= results[f"latency_kafka_p99_ms@{rate}"]
+        assert results[f"latency_p99_over_kafka_ms@{rate}"] == (
+            results[f"latency_p99_ms@{rate}"] - results[f"latency_kafka_p99_ms@{rate}"]
+        )
         assert (
             results[f"latency_p99_bound_ms@{rate}"]
             == Settings().flush_linger_ms + 2 * results[f"latency_flush_p50_ms@{rate}"]
