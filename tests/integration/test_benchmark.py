@@ -122,3 +122,31 @@ def test_consumer_side_harness_reports_three_costs_per_event() -> None:
         [sys.executable, script, "--orders", "0"], capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2 and "must be positive" in bad.stderr
+
+
+def test_outcomes_harness_counts_every_event_once_or_as_carried(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "outcomes.json"
+    script = str(REPO / "benchmarks" / "outcomes.py")
+    env = {**os.environ, **stack.env}
+    proc = subprocess.run(
+        [sys.executable, script, "--events", "3000", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    carried = sum(outcomes.get("carried", 0) for outcomes in rows.values())
+    parked = sum(outcomes.get("parked", 0) for outcomes in rows.values())
+    # Each event is one row outcome; a carried child is counted again in the batch that
+    # takes it, and a parked one again when it is adopted.
+    outcomes_total = sum(sum(outcomes.values()) for outcomes in rows.values())
+    assert 3000 + carried <= outcomes_total <= 3000 + carried + parked
+    assert result["batched_events"] == 3000 + carried
+    assert set(result["flush_seconds"]) >= {"copy", "upsert", "commit", "total"}
+    bad = subprocess.run(
+        [sys.executable, script, "--lanes", "0"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert bad.returncode == 2 and "must be positive" in bad.stderr
