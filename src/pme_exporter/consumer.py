@@ -122,10 +122,11 @@ PREFETCH_DEFAULTS: dict[str, Any] = {
     # compressed bytes, so smaller fetches bound memory more than a smaller
     # queue does. Small queues were slow only while a full one postponed the
     # next fetch by fetch.queue.backoff.ms (1000 ms by default). Measured on a
-    # 1M-event, 6-partition lz4 backlog, with PME_MAX_BUFFERED_EVENTS 30000
-    # (events/s, peak RSS, pairs from one run): 8 MB queue and 1 MB fetches
-    # 51.7k / 270 MB and 57.6k / 270 MB; 4 MB and 256 kB 53.4k / 159 MB and
-    # 61.1k / 159 MB. 128 kB fetches were slower (44k) and no smaller.
+    # 1M-event, 6-partition lz4 backlog (events/s, peak RSS; pairs from one
+    # run): 8 MB queue, 1 MB fetches and 60000 buffered events 51.7k / 270 MB
+    # and 57.6k / 270 MB; 4 MB, 256 kB and 30000 53.4k / 159 MB and 61.1k /
+    # 159 MB. 256 kB fetches alone took 263 MB to 189-193 MB; 128 kB ones were
+    # slower (44k) and no smaller.
     "queued.min.messages": 100_000,
     "queued.max.messages.kbytes": 4_096,
     "max.partition.fetch.bytes": 262_144,
