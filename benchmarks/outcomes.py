@@ -16,7 +16,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from typing import Any
 
@@ -31,6 +30,7 @@ from throughput import (
     free_port,
     fresh_database,
     produce_all,
+    scrape,
     stack_env,
 )
 
@@ -61,11 +61,6 @@ def export_and_count(events_total: int, lanes: int, partitions: int, timeout_s: 
         worker.terminate()
         worker.wait(60)
     return {"events": len(batch), "lanes": lanes, "elapsed_s": elapsed, **counts}
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        return str(response.read().decode())
 
 
 def counted(metrics_text: str) -> dict[str, Any]:

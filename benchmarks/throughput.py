@@ -577,11 +577,16 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def scrape(port: int) -> str:
+    """A local worker's /metrics page."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
 def flush_durations(port: int) -> dict[str, float]:
     """The worker's own flush figures from /metrics: the median as histogram_quantile
     interpolates it in its bucket, the mean, the count and the mean batch size."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
+    text = scrape(port)
     buckets: list[tuple[float, float]] = []
     count = total = batches = batch_events = 0.0
     for family in text_string_to_metric_families(text):
