@@ -589,21 +589,16 @@ def flush_durations(port: int) -> dict[str, float]:
     text = scrape(port)
     buckets: list[tuple[float, float]] = []
     count = total = batches = batch_events = 0.0
+    flush = "pme_exporter_flush_duration_seconds"
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if (
-                sample.name == "pme_exporter_flush_duration_seconds_bucket"
-                and sample.labels["phase"] == "total"
-            ):
+            if sample.name.startswith(flush) and sample.labels.get("phase") != "total":
+                continue
+            if sample.name == f"{flush}_bucket":
                 buckets.append((float(sample.labels["le"]), sample.value))
-            elif (
-                sample.name == "pme_exporter_flush_duration_seconds_count"
-                and sample.labels["phase"] == "total"
-            ):
+            elif sample.name == f"{flush}_count":
                 count = sample.value
-            elif (
-                sample.name == "pme_exporter_flush_duration_seconds_sum" and sample.labels["phase"] == "total"
-            ):
+            elif sample.name == f"{flush}_sum":
                 total = sample.value
             elif sample.name == "pme_exporter_batch_size_events_count":
                 batches = sample.value
