@@ -45,16 +45,23 @@ class FakeConsumer:
         # (call, timeout) of the latest polls and consumes
         self.waits: deque[tuple[str, float]] = deque(maxlen=1000)
 
+    def latest_waits(self, count: int) -> list[tuple[str, float]]:
+        """The last ``count`` (call, timeout) pairs, read under the lock the loop appends under."""
+        with self.lock:
+            return list(self.waits)[-count:]
+
     def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         self.on_assign = callbacks["on_assign"]
 
     def poll(self, timeout: float) -> FakeMessage | None:
-        self.waits.append(("poll", timeout))
+        with self.lock:
+            self.waits.append(("poll", timeout))
         ready = self._take(1, timeout)
         return ready[0] if ready else None
 
     def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
-        self.waits.append(("consume", timeout))
+        with self.lock:
+            self.waits.append(("consume", timeout))
         return self._take(num_messages, timeout)
 
     def _take(self, num_messages: int, timeout: float) -> list[FakeMessage]:

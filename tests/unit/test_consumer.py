@@ -260,24 +260,24 @@ def test_prefetch_defaults_yield_to_the_operator_but_guarantees_do_not() -> None
 def test_the_poll_waits_only_until_the_soonest_batch_is_due(harness: Any) -> None:
     consumer, sink, clock, _stop, loop = harness(max_batch=1000, interval_ms=60_000, bound=2000, linger_ms=20)
     # Nothing buffered: poll() wakes at the first message, however long it may wait.
-    wait_for(lambda: ("poll", 0.1) in consumer.waits)
+    wait_for(lambda: ("poll", 0.1) in consumer.latest_waits(1000))
     with consumer.lock:
         consumer.queue.append(FakeMessage(order(1), 0, 0))
     wait_for(lambda: loop.lanes[0].batch.size == 1)
-    time.sleep(0.03)
-    assert consumer.waits[-1] == ("consume", 0.02)  # the batch's whole linger (the clock stands still)
+    # The batch's whole linger (the clock stands still), poll after poll.
+    wait_for(lambda: consumer.latest_waits(2) == [("consume", 0.02)] * 2)
     clock.now += 0.012
-    wait_for(lambda: consumer.waits[-1][1] == pytest.approx(0.008))  # what is left of it
+    wait_for(lambda: consumer.latest_waits(1)[0][1] == pytest.approx(0.008))  # what is left of it
     sink.gate.clear()  # the flush of this batch will not finish
     clock.now += 0.01
-    wait_for(lambda: len(sink.batches) == 0 and consumer.waits[-1] == ("poll", 0.02))
+    wait_for(lambda: len(sink.batches) == 0 and consumer.latest_waits(1) == [("poll", 0.02)])
     # A flush runs: the poll returns soon to collect its result, or at the first message.
     with consumer.lock:
         consumer.queue.append(FakeMessage(order(2), 0, 1))
     wait_for(lambda: loop.lanes[0].batch.size == 1)
     clock.now += 0.05
     # Due, but its lane is still flushing: it looks again every few ms, not after T.
-    wait_for(lambda: list(consumer.waits)[-3:] == [("consume", 0.005)] * 3)
+    wait_for(lambda: consumer.latest_waits(3) == [("consume", 0.005)] * 3)
     sink.gate.set()
     wait_for(lambda: sum(b.size for b in sink.batches) == 2)
     assert [b.size for b in sink.batches] == [1, 1]
