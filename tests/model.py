@@ -18,7 +18,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from pme_exporter.schema import BY_EVENT_TYPE, TABLES, Column, Kind, TableSpec, WriteMode
+from pme_exporter.schema import BY_EVENT_TYPE, TABLES, Column, Kind, TableSpec, WriteMode, declared_limits
 
 Tables = dict[str, dict[Any, dict[str, Any]]]
 ValidMessage = tuple[int, int, bytes]  # (partition, offset, value) of a message the decoder accepts
@@ -41,7 +41,9 @@ def column_value(column: Column, raw: Any) -> Any:
         return time.fromisoformat(raw)
     if kind is Kind.TIMESTAMPTZ:
         return datetime.fromisoformat(raw)
-    return str(raw)
+    # VARCHAR(n) holds at most n characters: PostgreSQL cuts the trailing spaces past them.
+    max_chars = declared_limits(column.sql_type)[0]
+    return str(raw)[:max_chars] if max_chars is not None else str(raw)
 
 
 def _row(spec: TableSpec, envelope: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from pme_exporter.decode import Decoder, compare_instants
 from pme_exporter.errors import DecodeError, ValueRefused
 from pme_exporter.progress import CarryPolicy
-from pme_exporter.schema import BY_TABLE, Kind, TableSpec
+from pme_exporter.schema import BY_TABLE, TableSpec
 
 
 class Message(Protocol):
@@ -250,9 +250,7 @@ class Batch:
             if buf is None:
                 buf = tables[spec.table] = TableRows(spec)
             if spec.collapsible and self.collapse:
-                entity = envelope["data"][spec.key]
-                if type(entity) is str and spec.key_kind is Kind.INTEGER:
-                    entity = int(entity)  # "042" and 42 are one key to PostgreSQL
+                entity = self.decoder.stored_key(spec, envelope["data"])
                 buf.add_version(partition, offset, msg.key(), value, text, entity, envelope["ts"])
             else:
                 buf.add(partition, offset, msg.key(), value, text)

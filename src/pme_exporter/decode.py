@@ -300,9 +300,13 @@ def _column_code(
         lines += [f"    elif type({v}) is str:"]
         if max_chars is not None:
             # PostgreSQL cuts trailing spaces past the length silently; anything else is refused.
+            # The value is cut here too, so the staged text is what the column will hold: two
+            # spellings of one stored key are one key in the batch as in the table.
             lines += [
-                f"        if len({v}) > {max_chars} and {v}[{max_chars}:].strip(' '):",
-                f"            misfit('22001', 'value too long for type character varying({max_chars})')",
+                f"        if len({v}) > {max_chars}:",
+                f"            if {v}[{max_chars}:].strip(' '):",
+                f"                misfit('22001', 'value too long for type character varying({max_chars})')",
+                f"            {v} = {v}[:{max_chars}]",
             ]
         lines += [
             f"        {v} = esc({v}) if escaping else {v}",
@@ -372,6 +376,25 @@ class Decoder:
             event_type: (spec, compile_row_codec(spec, types.get(spec.table)))
             for event_type, spec in BY_EVENT_TYPE.items()
         }
+        # Characters a TEXT key column holds, by table: longer keys are stored cut.
+        self._key_chars: dict[str, int | None] = {
+            spec.table: declared_limits(
+                types.get(spec.table, {}).get(spec.key, "")
+                or next(c.sql_type for c in spec.columns if c.name == spec.key)
+            )[0]
+            for spec in BY_EVENT_TYPE.values()
+            if spec.key is not None
+        }
+
+    def stored_key(self, spec: TableSpec, data: Mapping[str, Any]) -> Any:
+        """The key of a decoded event as its table will hold it, so that two spellings of one
+        stored key are one key: ``"042"`` and ``42`` for an integer key; for a VARCHAR(n) key,
+        the value without the trailing spaces past n that PostgreSQL cuts."""
+        key = data[spec.key]  # type: ignore[index]
+        if spec.key_kind is Kind.INTEGER:
+            return int(key)
+        limit = self._key_chars.get(spec.table)
+        return key[:limit] if limit is not None and len(key) > limit else key
 
     def decode(self, value: bytes) -> tuple[TableSpec, str]:
         spec, text, _envelope = self.decode_envelope(value)

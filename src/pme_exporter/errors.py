@@ -4,8 +4,9 @@
 - ``DecodeError``: one message is invalid; it becomes a dead letter.
 - ``RetryableError``: the database or broker is away or asked us to try again;
   the batch is retried with backoff and nothing is committed meanwhile.
-- a row the database refuses (SQLSTATE class 22 data or 23 integrity) is
-  isolated and dead-lettered by the sink; see ``is_row_error``.
+- a row the database refuses (any SQLSTATE no retry cures, but for the classes
+  that mean the schema or privileges are wrong) is isolated and dead-lettered by
+  the sink; see ``is_row_error``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ _RETRYABLE_CLASSES = frozenset({"08", "53", "57", "58"})  # connection, resource
 # apply's own parent check rules out except when a parent is deleted under it
 # (``retention``): tried again, the child finds its parent gone and waits as an orphan.
 _RETRYABLE_CODES = frozenset({"40001", "40P01", "55P03", "23503"})
-_ROW_ERROR_CLASSES = frozenset({"22", "23"})  # data exception, integrity violation
+# Classes that say the worker's statements, schema or privileges are wrong (a table or
+# column dropped, a grant revoked, ...): no row causes them, so none is dead-lettered for
+# them. Every other refusal that no retry cures (a value, a constraint, a trigger's RAISE,
+# two rows for one key, an index row too large) is the rows' own: the sink isolates it.
+SYSTEMIC_CLASSES = frozenset({"0A", "25", "28", "3D", "3F", "42", "XX"})
 
 
 class ExporterError(Exception):
@@ -72,9 +77,21 @@ def sqlstate_of(exc: BaseException | None) -> str | None:
 
 
 def is_row_error(exc: BaseException) -> bool:
-    """True when the database refused the data itself (class 22 or 23)."""
+    """True when PostgreSQL refused what a batch holds, for a reason no retry cures and no
+    fault of the schema explains; the sink then isolates the rows that cause it, so no batch
+    content can make a flush fail for ever."""
     state = sqlstate_of(exc)
-    return state is not None and state[:2] in _ROW_ERROR_CLASSES and state not in _RETRYABLE_CODES
+    return state is not None and not is_retryable(exc) and state[:2] not in SYSTEMIC_CLASSES
+
+
+def not_refusals_sql(sqlstate: str) -> str:
+    """A PL/pgSQL condition on ``sqlstate``, true for the errors ``is_row_error`` does not
+    count as a row's refusal (retried, or systemic), so a row-by-row pass raises them."""
+    classes = sorted(_RETRYABLE_CLASSES | SYSTEMIC_CLASSES)
+    return (
+        f"left({sqlstate}, 2) IN ({', '.join(repr(c) for c in classes)})"
+        f" OR {sqlstate} IN ({', '.join(repr(c) for c in sorted(_RETRYABLE_CODES))})"
+    )
 
 
 def retry_reason(exc: BaseException) -> str:

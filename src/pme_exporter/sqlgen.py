@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pme_exporter.errors import not_refusals_sql
 from pme_exporter.schema import CAST_TYPE, PARKED_PARENT_COLUMNS, TableSpec, WriteMode
 
 LINEAGE = ("seq", "src_partition", "src_offset", "ts")
@@ -180,9 +181,12 @@ BEGIN
             t_orphans := t_orphans || coalesce(v_orphans, '{{}}');
             t_trade := t_trade || coalesce(v_trade, '{{}}');
             t_order := t_order || coalesce(v_order, '{{}}');
-        EXCEPTION WHEN foreign_key_violation THEN
-            RAISE;  -- a parent deleted meanwhile: the whole batch is tried again (errors.py)
-        WHEN data_exception OR integrity_constraint_violation THEN
+        EXCEPTION WHEN OTHERS THEN
+            -- Retried (a parent deleted meanwhile, a lock timeout, ...) or systemic: the whole
+            -- batch fails (errors.py); anything else is this row's refusal.
+            IF {not_refusals_sql("SQLSTATE")} THEN
+                RAISE;
+            END IF;
             r_seq := v_i; r_state := SQLSTATE; r_message := SQLERRM;
             RETURN NEXT;
         END;

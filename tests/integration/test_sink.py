@@ -200,3 +200,84 @@ def test_refused_rows_and_orphans_in_one_child_range_are_each_accounted_for(
     assert report.tables["contracts"].carried == len(carried) and report.tables["contracts"].inserted == len(
         stored
     )
+
+
+PAD_60, PAD_70 = "PAD" + " " * 60, "PAD" + " " * 70  # one key once VARCHAR(50) cuts their spaces
+T1, T2, T3 = "2025-11-29T09:00:00Z", "2025-11-29T09:00:01Z", "2025-11-29T09:00:02Z"
+
+
+def _participants(conninfo: str) -> dict[str, tuple[str, int]]:
+    with psycopg.connect(conninfo) as conn:
+        return {c: (n, o) for c, n, o in conn.execute("SELECT code, name, src_offset FROM participants")}
+
+
+@pytest.mark.parametrize("collapse", [True, False])
+def test_keys_differing_only_in_excess_trailing_spaces_are_one_key_in_one_batch(
+    sink: PostgresSink, settings: Settings, collapse: bool
+) -> None:
+    good = [msg(0, i, "Participant", {"code": f"P{i}", "name": f"n{i}"}) for i in range(10)]
+    versions = [
+        msg(0, 10, "Participant", {"code": PAD_60, "name": "older"}, ts=T1),
+        msg(0, 11, "Participant", {"code": PAD_70, "name": "newest"}, ts=T3),
+        msg(0, 12, "Participant", {"code": PAD_60, "name": "middle"}, ts=T2),
+    ]
+    batch = Batch(decoder=Decoder(), collapse=collapse)
+    batch.add([*good, *versions])
+    report = sink.write(batch)
+    assert report.dead_letters == []
+    outcome = report.tables["participants"]
+    assert (outcome.inserted, outcome.stale) == (11, 2)
+    stored = _participants(settings.conninfo())
+    assert stored.pop(PAD_60[:50]) == ("newest", 11)
+    assert stored == {f"P{i}": (f"n{i}", i) for i in range(10)}
+
+
+def test_keys_differing_only_in_excess_trailing_spaces_are_one_key_across_batches(
+    sink: PostgresSink, settings: Settings
+) -> None:
+    sink.write(batch_of(msg(0, 0, "Participant", {"code": PAD_70, "name": "newest"}, ts=T3)))
+    sink.write(batch_of(msg(0, 1, "Participant", {"code": PAD_60, "name": "older"}, ts=T1)))
+    assert _participants(settings.conninfo()) == {PAD_60[:50]: ("newest", 0)}
+    with psycopg.connect(settings.conninfo()) as conn:
+        row = conn.execute("SELECT created_at = %s::timestamptz FROM participants", (T1,)).fetchone()
+    assert row == (True,)  # the older version counts only for the least ts ever seen
+
+
+def test_a_check_constraint_added_by_hand_refuses_one_key_and_the_rest_is_stored(
+    sink: PostgresSink, settings: Settings
+) -> None:
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        conn.execute("ALTER TABLE participants ADD CONSTRAINT no_bad CHECK (code <> 'BAD')")
+    good = [msg(0, i, "Participant", {"code": f"P{i}", "name": f"n{i}"}) for i in range(10)]
+    bad = [
+        msg(0, 10 + i, "Participant", {"code": "BAD", "name": f"v{i}"}, ts=ts)
+        for i, ts in enumerate((T1, T2))
+    ]
+    for first in range(2):  # written twice, as a restarted worker would: the same outcome, no crash
+        report = sink.write(batch_of(*good, *bad))
+        assert sorted((d.offset, d.sqlstate) for d in report.dead_letters) == [(10, "23514"), (11, "23514")]
+        assert report.saved_offsets == {0: 12}
+        assert set(_participants(settings.conninfo())) == {f"P{i}" for i in range(10)}, first
+
+
+def test_a_refusal_of_a_kind_the_worker_does_not_know_is_isolated_not_fatal(
+    sink: PostgresSink, settings: Settings
+) -> None:
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            """CREATE FUNCTION refuse_vetoed() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN
+                   IF NEW.code = 'VETO' THEN RAISE EXCEPTION 'vetoed by hand' USING ERRCODE = 'P0001'; END IF;
+                   RETURN NEW;
+               END $$"""
+        )
+        conn.execute(
+            "CREATE TRIGGER veto BEFORE INSERT OR UPDATE ON participants FOR EACH ROW EXECUTE FUNCTION refuse_vetoed()"
+        )
+    good = [msg(0, i, "Participant", {"code": f"P{i}"}) for i in range(10)]
+    report = sink.write(batch_of(*good, msg(0, 10, "Participant", {"code": "VETO"})))
+    assert [(d.offset, d.stage, d.reason, d.sqlstate) for d in report.dead_letters] == [
+        (10, "database", "sqlstate_P0001", "P0001")
+    ]
+    assert "vetoed by hand" in report.dead_letters[0].error
+    assert set(_participants(settings.conninfo())) == {f"P{i}" for i in range(10)}

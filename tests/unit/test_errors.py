@@ -22,6 +22,14 @@ from pme_exporter.errors import RetryableError, is_retryable, is_row_error
         (pgerr.InvalidDatetimeFormat(), False, True),
         (pgerr.UniqueViolation(), False, True),
         (pgerr.ForeignKeyViolation(), True, False),  # a parent deleted under the apply
+        (pgerr.CardinalityViolation(), False, True),  # two rows of a batch for one stored key
+        (pgerr.RaiseException(), False, True),  # a trigger added by hand
+        (pgerr.ProgramLimitExceeded(), False, True),  # an index row too large
+        (pgerr.CheckViolation(), False, True),
+        (pgerr.QueryCanceled(), True, False),  # statement_timeout
+        (pgerr.DiskFull(), True, False),
+        (pgerr.InsufficientPrivilege(), False, False),
+        (pgerr.UndefinedColumn(), False, False),
         (pgerr.UndefinedTable(), False, False),
         (pgerr.SyntaxError(), False, False),
         (ValueError("not a database error"), False, False),
