@@ -44,7 +44,7 @@ def export_and_count(events_total: int, lanes: int, partitions: int, timeout_s: 
     settings = fresh_database(base, "pme_bench_outcomes").replace(
         kafka_topic=topic, kafka_group_id=topic, metrics_port=free_port(), flush_lanes=lanes
     )
-    worker = subprocess.Popen([sys.executable, "-m", "pme_exporter.cli", "run"], env=exporter_env(settings))
+    worker = subprocess.Popen([sys.executable, "-m", "pme_exporter", "run"], env=exporter_env(settings))
     progress = Progress(settings.conninfo(), topic)
     started = time.monotonic()
     try:

@@ -252,7 +252,7 @@ def end_to_end(settings: Settings, topic: str, total: int, workers: int, timeout
     started = time.monotonic()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "pme_exporter.cli", "run"],
+            [sys.executable, "-m", "pme_exporter", "run"],
             env=exporter_env(s),
             stderr=subprocess.PIPE,
             text=True,
@@ -542,7 +542,7 @@ def latency(settings: Settings, rate: int, seconds: float, partitions: int) -> d
     s = fresh_database(settings, "pme_bench_latency").replace(
         kafka_topic=topic, kafka_group_id=topic, metrics_port=free_port()
     )
-    proc = subprocess.Popen([sys.executable, "-m", "pme_exporter.cli", "run"], env=exporter_env(s))
+    proc = subprocess.Popen([sys.executable, "-m", "pme_exporter", "run"], env=exporter_env(s))
     receiver = KafkaReceiver(settings.kafka_url, topic)
     try:
         producer = Producer({"bootstrap.servers": settings.kafka_url, "linger.ms": 1})

@@ -88,7 +88,7 @@ class ExporterProcess:
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in kill() and terminate()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pme_exporter.cli", "run"],
+            [sys.executable, "-m", "pme_exporter", "run"],
             env=exporter_env(settings),
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -123,11 +123,16 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def http_status(port: int, path: str) -> int:
     """The status of GET http://127.0.0.1:port/path, errors included."""
+    return http_answer(port, path)[0]
+
+
+def http_answer(port: int, path: str, timeout_s: float = 5) -> tuple[int, str]:
+    """The status and body (stripped) of GET http://127.0.0.1:port/path, errors included."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return int(response.status)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout_s) as response:
+            return int(response.status), response.read().decode().strip()
     except urllib.error.HTTPError as exc:
-        return exc.code
+        return exc.code, exc.read().decode().strip()
 
 
 def scrape(port: int) -> Samples:

@@ -69,7 +69,7 @@ def server_answers(conninfo: str, timeout_s: float = 2.0) -> bool:
     return False
 
 
-def _interruptible(work: Callable[[], T], stop: threading.Event) -> T:
+def _interruptible(work: Callable[[], T], stop: threading.Event, waiting_for: str) -> T:
     """Runs ``work`` on a helper thread so that a stop is noticed within 0.1 s."""
     outcome: list[T] = []
     failure: list[BaseException] = []
@@ -84,7 +84,7 @@ def _interruptible(work: Callable[[], T], stop: threading.Event) -> T:
     helper.start()
     while helper.is_alive():
         if stop.wait(0.1):
-            raise Stopped("stopped while connecting to the database")
+            raise Stopped(f"stopped while waiting for {waiting_for}")
     if failure:
         raise failure[0]
     return outcome[0]
@@ -107,7 +107,7 @@ def wait_for_kafka(settings: Settings, stop: threading.Event) -> None:
     started = time.monotonic()
     while True:
         try:
-            _interruptible(lambda: admin.list_topics(timeout=5.0), stop)
+            _interruptible(lambda: admin.list_topics(timeout=5.0), stop, "Kafka")
             return
         except KafkaException as exc:
             cause = exc.args[0].str() if exc.args else str(exc)
@@ -143,13 +143,13 @@ def migrate_with_retry(settings: Settings, stop: threading.Event) -> list[str]:
     delay = 0.5
     while True:
         try:
-            return _interruptible(lambda: migrate(conninfo), stop)
+            return _interruptible(lambda: migrate(conninfo), stop, "the database")
         except psycopg.Error as exc:
             if not is_retryable(exc):
                 raise
             now = time.monotonic()
             cause = " ".join(str(exc).split())  # for people; never parsed
-            if _interruptible(lambda: server_answers(conninfo), stop):
+            if _interruptible(lambda: server_answers(conninfo), stop, "the database"):
                 if refused_since is None:
                     refused_since = now
                     log.error("[DB-EXPORTER] The database refused the connection: %s", cause)
@@ -209,10 +209,19 @@ class Readiness:
         except Exception as exc:
             return False, f"database: {exc}"
         try:
-            self._admin.list_topics(self._topic, timeout=2.0)
-        except Exception as exc:
-            return False, f"kafka: {exc}"
+            metadata = self._admin.list_topics(self._topic, timeout=2.0)
+        except KafkaException as exc:
+            return False, f"kafka: {_kafka_reason(exc)}"
+        topic = metadata.topics.get(self._topic)
+        if topic is None or topic.error is not None:
+            return False, f"kafka: the topic {self._topic} does not exist"
         return True, "ready"
+
+
+def _kafka_reason(exc: KafkaException) -> str:
+    """A KafkaException's own words, without the KafkaError{...} wrapping."""
+    error = exc.args[0] if exc.args else None
+    return error.str() if isinstance(error, KafkaError) else str(exc)
 
 
 def retrying_since(flushers: Sequence[Flusher]) -> float | None:
@@ -223,6 +232,8 @@ def retrying_since(flushers: Sequence[Flusher]) -> float | None:
 def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | None = None) -> None:
     """Runs until ``stop`` is set; raises on fatal errors (the CLI maps them to exit codes)."""
     metrics = metrics or Metrics()
+    if stop.is_set():
+        raise Stopped("stopped before start-up")
     log.info("[DB-EXPORTER] Starting Database Exporter Service...")
     log.info(
         "[DB-EXPORTER] Kafka: %s, topic %s, group %s",

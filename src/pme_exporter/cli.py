@@ -443,7 +443,7 @@ def _replay(args: argparse.Namespace, settings: Settings, parser: argparse.Argum
     return EXIT_OK
 
 
-def _retention(args: argparse.Namespace, settings: Settings) -> int:
+def _retention(args: argparse.Namespace, settings: Settings, stop: threading.Event) -> int:
     from pme_exporter.retention import run_retention
 
     tables = args.tables or RETAINED
@@ -457,7 +457,6 @@ def _retention(args: argparse.Namespace, settings: Settings) -> int:
         if input("Type yes to go on: ").strip() != "yes":
             print("pme-exporter retention: not confirmed; nothing changed", file=sys.stderr)
             return EXIT_REFUSED
-    stop = threading.Event()
     _install_signal_handlers(stop)
     outcomes = run_retention(
         settings.conninfo(),
@@ -538,9 +537,19 @@ def _install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None) -> int:
+    """The command line; ``stop`` is the flag that SIGTERM and SIGINT set (``__main__``
+    installs its handlers before this module is imported)."""
+    stop = stop or threading.Event()
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "run":
+        _install_signal_handlers(stop)  # stops cleanly, within its deadline
+    else:  # retention installs its own after its prompt
+        if stop.is_set():
+            return EXIT_OK  # asked to stop before it began
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:
@@ -577,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "replay":
             return _replay(args, settings, parser)
         if args.command == "retention":
-            return _retention(args, settings)
+            return _retention(args, settings, stop)
         if args.command == "verify":
             return _verify(args, settings)
         if args.command == "demo":
@@ -586,8 +595,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(settings, orders=args.orders, seed=args.seed)
         from pme_exporter.app import run_exporter
 
-        stop = threading.Event()
-        _install_signal_handlers(stop)
         run_exporter(settings, stop)
         return EXIT_OK
     except ConfigError as exc:

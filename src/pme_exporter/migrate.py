@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from pme_exporter.errors import MigrationError, is_retryable
+from pme_exporter.errors import ConfigError, MigrationError, is_retryable
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
     migrations = load_migrations(directory)
     applied_now = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
+        check_encoding(conn)
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
@@ -106,6 +107,21 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now
+
+
+def check_encoding(conn: psycopg.Connection[Any]) -> None:
+    """Raises ConfigError unless the database stores text as UTF-8.
+
+    The ledger's text is Unicode. A LATIN1 database would store what it can
+    translate and refuse the rest; SQL_ASCII stores bytes, counting lengths in
+    bytes and translating nothing, so values would differ from the topic's.
+    """
+    row = conn.execute("SELECT current_setting('server_encoding'), current_database()").fetchone()
+    if row is not None and row[0] != "UTF8":
+        raise ConfigError(
+            f"the database {row[1]} is encoded {row[0]}; pme-exporter needs a UTF8 database "
+            f"(CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0)"
+        )
 
 
 def _grant(conn: psycopg.Connection[Any], directory: Path) -> None:

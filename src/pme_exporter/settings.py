@@ -164,7 +164,7 @@ class Settings:
         """The libpq connection string; contains the password, so never log it."""
         if self.database_url is not None:
             try:
-                return make_conninfo(self.database_url, application_name="pme-exporter")
+                return make_conninfo(self.database_url, **_CONNECTION_BOUNDS)
             except Exception as exc:
                 raise ConfigError("DATABASE_URL: cannot be parsed as a PostgreSQL URL") from exc
         return make_conninfo(
@@ -175,8 +175,8 @@ class Settings:
             dbname=self.db_name,
             sslmode=self.db_sslmode,
             sslrootcert=self.db_sslrootcert,
-            application_name="pme-exporter",
             connect_timeout=10,
+            **_CONNECTION_BOUNDS,
         )
 
     def check_files(self) -> None:
@@ -267,6 +267,21 @@ class Settings:
                 shown = "(hidden)" if attr in _SECRET_ATTRS else repr(raw)
                 raise ConfigError(f"{name}: {shown} is not a valid {_KIND[parse]}") from None
         return cls(**values)
+
+
+# Set on every connection of the worker and the commands. Text travels as UTF-8 whatever
+# the server's default. TCP keepalives and tcp_user_timeout let the kernel find a peer that
+# is gone without a word (a NAT or firewall dropping state, a failover): an idle
+# connection within about 30 s, one with data unacknowledged within 30 s.
+_CONNECTION_BOUNDS: dict[str, Any] = {
+    "application_name": "pme-exporter",
+    "client_encoding": "UTF8",
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 4,
+    "tcp_user_timeout": 30_000,
+}
 
 
 def _check_connection_options(conninfo: str, variable: str) -> None:

@@ -11,7 +11,7 @@ from tests.stack import Stack
 
 def test_demo_exports_a_trading_day_and_prints_what_landed(stack: Stack) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pme_exporter.cli", "demo", "--orders", "300"],
+        [sys.executable, "-m", "pme_exporter", "demo", "--orders", "300"],
         capture_output=True,
         text=True,
         timeout=300,

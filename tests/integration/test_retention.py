@@ -113,7 +113,7 @@ def test_archive_beside_a_loaded_exporter_loses_nothing_and_a_crash_then_a_rerun
         publisher.start()
         # Small batches with pauses, so the kill lands in the middle of the move.
         archiver = subprocess.Popen(
-            [sys.executable, "-m", "pme_exporter.cli", "retention", "archive", "--older-than", "1d",
+            [sys.executable, "-m", "pme_exporter", "retention", "archive", "--older-than", "1d",
              "--batch-size", "25", "--pause-ms", "40"],
             env=exporter_env(s), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip

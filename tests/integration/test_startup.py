@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 
+import psycopg
 import pytest
 
+from pme_exporter.devtools.databases import drop_database
+from pme_exporter.devtools.generator import create_topic
 from pme_exporter.devtools.stack import exporter_env
 from pme_exporter.errors import EXIT_CONFIG, EXIT_OK
 from pme_exporter.settings import Settings
+from tests.helpers import ExporterThread, http_answer, http_status
+from tests.stack import Stack
 
 
 def start(settings: Settings, **extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "pme_exporter.cli", "run"],
+        [sys.executable, "-m", "pme_exporter", "run"],
         env={**exporter_env(settings.replace(metrics_port=0, kafka_topic="t-startup")), **extra},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -73,3 +80,56 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_3(base_settings: Settings, s
     assert proc.returncode == EXIT_CONFIG, out
     assert f"PME_METRICS_PORT: cannot listen on port {port}: Address already in use" in out
     assert "Traceback" not in out
+
+
+def test_a_database_not_encoded_utf8_is_refused_at_start_up_with_exit_3(
+    base_settings: Settings, admin_conninfo: str
+) -> None:
+    name = "t_latin1"
+    drop_database(admin_conninfo, name)
+    with psycopg.connect(admin_conninfo, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE DATABASE {name} ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
+        )
+    try:
+        proc = start(base_settings.replace(db_name=name))
+        out, _ = proc.communicate(timeout=60)
+        with psycopg.connect(base_settings.replace(db_name=name).conninfo()) as conn:
+            tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
+    finally:
+        drop_database(admin_conninfo, name)
+    assert proc.returncode == EXIT_CONFIG, out
+    assert f"the database {name} is encoded LATIN1; pme-exporter needs a UTF8 database" in out
+    assert "Traceback" not in out
+    assert tables == (0,)  # refused before any migration
+
+
+@pytest.mark.parametrize("after_s", [0.1, 0.3])
+def test_sigterm_moments_after_the_start_exits_0(settings: Settings, after_s: float) -> None:
+    proc = start(settings)
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == EXIT_OK, out
+    assert "Traceback" not in out
+
+
+def test_readyz_is_503_while_the_topic_is_missing_and_200_once_it_exists(
+    stack: Stack, settings: Settings, free_port: int
+) -> None:
+    topic = f"t-missing-{uuid.uuid4().hex[:8]}"
+    s = settings.replace(kafka_topic=topic, kafka_group_id=topic, metrics_port=free_port, topic_wait_s=60)
+    with ExporterThread(s):
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError):  # not listening yet
+                if http_status(free_port, "/healthz") == 200:
+                    break
+            assert time.monotonic() < deadline, "the probes never answered"
+            time.sleep(0.1)
+        status, reason = http_answer(free_port, "/readyz")
+        assert (status, reason) == (503, f"kafka: the topic {topic} does not exist")
+        create_topic(stack.kafka_url, topic, 1)
+        while http_status(free_port, "/readyz") != 200:
+            assert time.monotonic() < deadline, http_answer(free_port, "/readyz")
+            time.sleep(0.2)

@@ -12,7 +12,7 @@ from pme_exporter.errors import EXIT_CONFIG, EXIT_DATABASE, EXIT_USAGE
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pme_exporter.cli", *args], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-m", "pme_exporter", *args], capture_output=True, text=True, env=env, timeout=60
     )
 
 
