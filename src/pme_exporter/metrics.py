@@ -7,10 +7,8 @@ Each ``Metrics`` owns its registry, so tests can run several side by side.
 from __future__ import annotations
 
 import platform
-import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import confluent_kafka
 from prometheus_client import (
@@ -24,9 +22,9 @@ from prometheus_client import (
     Info,
     make_wsgi_app,
 )
-from prometheus_client.exposition import ThreadingWSGIServer
 
 from pme_exporter import __version__
+from pme_exporter.httpserver import BoundedHTTPServer
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse
@@ -157,8 +155,9 @@ class Metrics:
 
 class HealthServer:
     """Serves ``/metrics`` (prometheus-client's own exposition: gzip, OpenMetrics negotiation,
-    ``name[]`` filters), ``/healthz`` and ``/readyz`` on one port, on background threads.
-    ``HEAD`` answers like ``GET`` without a body."""
+    ``name[]`` filters), ``/healthz`` and ``/readyz`` on one port, through a server that a
+    flood of idle connections cannot exhaust (``httpserver``). ``HEAD`` answers like ``GET``
+    without a body. ``/healthz`` is 200 while ``live`` says so (always, without one)."""
 
     def __init__(
         self,
@@ -166,7 +165,10 @@ class HealthServer:
         *,
         port: int,
         ready: Callable[[], tuple[bool, str]],
+        live: Callable[[], tuple[bool, str]] | None = None,
         host: str = "0.0.0.0",  # noqa: S104 - the kubelet and Prometheus reach probes from outside
+        max_connections: int = 256,
+        read_timeout_s: float = 5.0,
     ) -> None:
         exposition = make_wsgi_app(metrics.registry)
 
@@ -176,31 +178,28 @@ class HealthServer:
             if path == "/metrics":
                 # prometheus-client serves GET only; HEAD is the same answer without its body.
                 body: Iterable[bytes] = exposition({**environ, "REQUEST_METHOD": "GET"}, start_response)
-            elif path == "/healthz":
-                body = _plain(start_response, "200 OK", "ok")
-            elif path == "/readyz":
-                ok, why = ready()
+            elif path in ("/healthz", "/readyz"):
+                check = ready if path == "/readyz" else live or _always_ok
+                ok, why = check()
                 body = _plain(start_response, "200 OK" if ok else "503 Service Unavailable", why)
             else:
                 body = _plain(start_response, "404 Not Found", "not found")
             return [] if head else body
 
-        self._server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
-        self._server.daemon_threads = True
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, name="pme-health", daemon=True)
+        self._server = BoundedHTTPServer(
+            app, host=host, port=port, max_connections=max_connections, read_timeout_s=read_timeout_s
+        )
+        self.port = self._server.port
 
     def start(self) -> None:
-        self._thread.start()
+        self._server.start()
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
-        return
+def _always_ok() -> tuple[bool, str]:
+    return True, "ok"
 
 
 def _plain(start_response: StartResponse, status: str, text: str) -> list[bytes]:

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from pme_exporter.devtools.stack import exporter_env
 from pme_exporter.errors import DecodeError, ValueRefused
 from pme_exporter.schema import BY_TABLE, TABLES
 from pme_exporter.settings import Settings
-from tests.helpers import http_status, scrape, total, wait_exported
+from tests.helpers import ExporterProcess, http_answer, http_status, scrape, total, wait_exported
 from tests.stack import REPO, Stack
 
 
@@ -105,3 +106,43 @@ def test_metrics_match_what_happened_in_a_real_run(
     assert total(samples, "pme_exporter_tombstones_total") == 1
     assert total(samples, "pme_exporter_last_flush_timestamp_seconds") > time.time() - 120
     assert total(samples, "pme_exporter_flush_duration_seconds_count", phase="commit") >= 1
+
+
+def _rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+
+
+def test_two_thousand_idle_connections_leave_readyz_answering_and_memory_flat(
+    settings: Settings, make_topic: Callable[[int], str], free_port: int, tmp_path: Path
+) -> None:
+    topic = make_topic(1)
+    worker = ExporterProcess(
+        settings.replace(kafka_topic=topic, kafka_group_id=topic, metrics_port=free_port), tmp_path / "w.log"
+    )
+    try:
+        worker.wait_started()
+        deadline = time.monotonic() + 30
+        while http_status(free_port, "/readyz") != 200:
+            assert time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.2)
+        before = _rss_kb(worker.proc.pid)
+        idle = []
+        try:
+            for _ in range(2000):
+                idle.append(socket.create_connection(("127.0.0.1", free_port), timeout=5))
+            time.sleep(0.5)  # every one accepted and waiting
+            started = time.monotonic()
+            status, _ = http_answer(free_port, "/readyz", timeout_s=1.0)
+            answered_in = time.monotonic() - started
+            grown_mb = (_rss_kb(worker.proc.pid) - before) / 1024
+        finally:
+            for conn in idle:
+                conn.close()
+        assert status == 200, worker.log_tail()
+        assert answered_in < 1.0
+        assert grown_mb < 20, f"RSS grew by {grown_mb:.1f} MB"
+        assert http_status(free_port, "/healthz") == 200  # and after the flood, at once
+    finally:
+        code = worker.terminate()
+    assert code == 0, worker.log_tail()
