@@ -224,6 +224,27 @@ def _kafka_reason(exc: KafkaException) -> str:
     return error.str() if isinstance(error, KafkaError) else str(exc)
 
 
+class Liveness:
+    """``/healthz``: 503 when the worker is stuck in a way no waiting cures, so that an
+    orchestrator restarts it: events held with no flush committing for longer than
+    ``max_stall_s`` while no lane is waiting out a database outage (that wait is by design,
+    and a restart would not shorten it), or a consumer loop that has not turned for as long."""
+
+    def __init__(self, *, loop: ConsumerLoop, flushers: Sequence[Flusher], max_stall_s: float) -> None:
+        self._loop = loop
+        self._flushers = flushers
+        self._max_stall_s = max_stall_s
+
+    def __call__(self) -> tuple[bool, str]:
+        still = self._loop.still_s()
+        if still > self._max_stall_s:
+            return False, f"stuck: the consumer loop has not turned for {still:.0f}s"
+        stalled = self._loop.stalled_s()
+        if stalled > self._max_stall_s and retrying_since(self._flushers) is None:
+            return False, f"stuck: events held for {stalled:.0f}s with no flush committing and none retrying"
+        return True, "ok"
+
+
 def retrying_since(flushers: Sequence[Flusher]) -> float | None:
     """Since when the longest-failing lane has been retrying its write (None: none is)."""
     return min((f.retrying_since for f in flushers if f.retrying_since is not None), default=None)
@@ -255,9 +276,11 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         topic=settings.kafka_topic,
         lock_timeout_ms=settings.db_lock_timeout_ms,
         idle_in_transaction_timeout_ms=settings.db_idle_in_transaction_timeout_ms,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
         breaker=DeadLetterBreaker(window=settings.breaker_window, ratio=settings.breaker_ratio),
         pool_max_size=settings.flush_lanes + 1,
         column_types=column_types,
+        on_connection_dropped=metrics.db_connections_dropped.inc,
     )
 
     def on_report(report: FlushReport) -> None:
@@ -333,6 +356,7 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
                     max_retry_s=settings.ready_max_retry_s,
                     max_stall_s=settings.ready_max_stall_s,
                 ),
+                live=Liveness(loop=loop, flushers=flushers, max_stall_s=settings.liveness_max_stall_s),
             )
         except OSError as exc:
             close_all(flushers, timeout_s=5.0)

@@ -214,6 +214,7 @@ class ConsumerLoop:
         self._stop: threading.Event | None = None
         self._kafka_errors = kafka_errors or KafkaErrorPolicy(metrics, topic_wait_s=60.0, clock=clock)
         self._last_progress_at = clock()
+        self._last_turn_at = clock()
         self._shutdown_deadline: float | None = None
         # Why the worker stopped consuming (the dead-letter breaker), for /readyz and the log.
         self.halted: str | None = None
@@ -238,7 +239,7 @@ class ConsumerLoop:
                 messages = self._poll()
                 if messages and self.halted is None:
                     self._add(messages)
-                now = self._clock()
+                now = self._last_turn_at = self._clock()
                 if self._buffered() == 0 and all(lane.flusher.idle() for lane in self._lanes):
                     self._last_progress_at = now
                 if now >= next_lag_at:
@@ -246,6 +247,10 @@ class ConsumerLoop:
                     next_lag_at = now + _LAG_EVERY_S
         finally:
             self._shutdown()
+
+    def still_s(self) -> float:
+        """How long since the loop last turned (polled and handed over what was due)."""
+        return max(0.0, self._clock() - self._last_turn_at)
 
     def stalled_s(self) -> float:
         """How long events have been held with no flush committing (0 when nothing is held)."""

@@ -97,6 +97,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.db_connections_dropped = Counter(
+            "pme_exporter_db_connections_dropped",
+            "Database connections the worker cut off after they stopped answering",
+            registry=r,
+        )
         self.kafka_errors = Counter(
             "pme_exporter_kafka_errors", "Errors reported by the Kafka client", ["code"], registry=r
         )

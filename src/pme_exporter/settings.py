@@ -81,6 +81,14 @@ class Settings:
     # PostgreSQL ends a session idle inside a transaction this long (a frozen or
     # partitioned worker), releasing its locks; its batch is retried or re-read.
     db_idle_in_transaction_timeout_ms: int = 15_000
+    # PostgreSQL cancels a statement of the worker that runs this long (retried); the
+    # worker itself cuts off a connection that has not answered for 1.5 times this
+    # (a peer that stopped forwarding without closing), then reconnects.
+    db_statement_timeout_ms: int = 60_000
+    # /healthz fails (so an orchestrator restarts the worker) when events have been held
+    # this long with no flush committing while no lane is waiting out a database outage,
+    # or when the consumer loop has not turned for this long.
+    liveness_max_stall_s: float = 300.0
     # The dead-letter breaker (breaker.py): more than this share of the newest
     # window of messages dead-lettered for one reason halts the worker; 1 turns it off.
     breaker_window: int = 1_000
@@ -120,6 +128,8 @@ class Settings:
         _check(self.ready_max_retry_s > 0, "PME_READY_MAX_RETRY_S", "must be positive")
         _check(self.ready_max_stall_s > 0, "PME_READY_MAX_STALL_S", "must be positive")
         _check(self.db_lock_timeout_ms >= 1, "PME_DB_LOCK_TIMEOUT_MS", "must be at least 1")
+        _check(self.db_statement_timeout_ms >= 100, "PME_DB_STATEMENT_TIMEOUT_MS", "must be at least 100")
+        _check(self.liveness_max_stall_s > 0, "PME_LIVENESS_MAX_STALL_S", "must be positive")
         _check(self.breaker_window >= 10, "PME_BREAKER_WINDOW", "must be at least 10")
         _check(0 < self.breaker_ratio <= 1, "PME_BREAKER_RATIO", "must be above 0 and at most 1")
         _check(
@@ -484,6 +494,8 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("PME_KAFKA_STARTUP_WAIT_S", "kafka_startup_wait_s", _positive_float),
     ("PME_DB_STARTUP_WAIT_S", "db_startup_wait_s", _positive_float),
     ("PME_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", "db_idle_in_transaction_timeout_ms", int),
+    ("PME_DB_STATEMENT_TIMEOUT_MS", "db_statement_timeout_ms", int),
+    ("PME_LIVENESS_MAX_STALL_S", "liveness_max_stall_s", _positive_float),
 )
 _KIND[str] = "text"
 

@@ -22,10 +22,13 @@ It may block for as long as the database takes; it is called from one thread.
 
 from __future__ import annotations
 
+import logging
 import time
+import weakref
 from array import array
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,6 +42,9 @@ from pme_exporter.errors import RetryableError, is_retryable, is_row_error
 from pme_exporter.progress import read_stored_offsets
 from pme_exporter.schema import FLUSH_ORDER, PARKED_PARENT_COLUMNS, TableSpec, WriteMode
 from pme_exporter.sqlgen import TableStatements, adopt_parked_statement, staging_table, statements_for
+from pme_exporter.watchdog import ConnectionWatchdog
+
+log = logging.getLogger("pme_exporter")
 
 
 @dataclass
@@ -140,6 +146,25 @@ class _RowRefused(Exception):
         self.statements = statements
 
 
+# A round trip that has not been answered within this many times the server's own
+# statement_timeout is cut off by the client (watchdog.py): the server's cancel comes
+# first whenever the server can still be reached.
+CLIENT_BOUND_FACTOR = 1.5
+# Server-side keepalives, so that PostgreSQL too ends a session whose client vanished
+# (with its locks) within about 30 s instead of the system's two hours.
+_SERVER_KEEPALIVES = {
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "4",
+    "tcp_user_timeout": "30000",
+}
+# A cut-off server process may still hold its transaction's locks, waiting for a client
+# that is gone; it is ended from a healthy connection (the same role may end its own).
+_END_CUT_OFF = """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+WHERE pid = %s AND backend_start = %s"""
+_BACKEND_START = "SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+
+
 class PostgresSink:
     def __init__(
         self,
@@ -149,9 +174,11 @@ class PostgresSink:
         pool_max_size: int = 3,
         lock_timeout_ms: int = 5_000,
         idle_in_transaction_timeout_ms: int = 15_000,
+        statement_timeout_ms: int = 60_000,
         breaker: DeadLetterBreaker | None = None,
         row_by_row_max: int = ROW_BY_ROW_MAX,
         column_types: Mapping[str, Mapping[str, str]] | None = None,
+        on_connection_dropped: Callable[[], None] | None = None,
     ) -> None:
         self._topic = topic
         self._row_by_row_max = row_by_row_max
@@ -160,10 +187,20 @@ class PostgresSink:
         self._session_settings = {
             "lock_timeout": str(lock_timeout_ms),
             "idle_in_transaction_session_timeout": str(idle_in_transaction_timeout_ms),
+            "statement_timeout": str(statement_timeout_ms),
             # The per-key collapse sorts a whole batch; at the default 4 MB a
             # 60k-event batch sorted on disk.
             "work_mem": "64MB",
+            **_SERVER_KEEPALIVES,
         }
+        self._on_connection_dropped = on_connection_dropped
+        self._watchdog = ConnectionWatchdog(
+            bound_s=CLIENT_BOUND_FACTOR * statement_timeout_ms / 1000, on_cut=self._cut_off
+        )
+        self._backend_starts: weakref.WeakKeyDictionary[psycopg.Connection[Any], Any] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._cut: list[tuple[int, Any]] = []  # (pid, backend_start) to end; appends are atomic
         self._decoder = Decoder(column_types=column_types)
         self._pool = ConnectionPool(
             conninfo,
@@ -171,33 +208,75 @@ class PostgresSink:
             max_size=pool_max_size,
             open=False,
             configure=self._configure,
-            check=ConnectionPool.check_connection,
+            check=self._check,
             name="pme-exporter",
         )
         self._pool.open(wait=False)
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        # Staging tables live per connection and empty themselves at each commit.
-        with conn.cursor() as cur:
+        with self._watchdog.watch(conn, "setting up a connection") as beat, conn.cursor() as cur:
             for name, value in self._session_settings.items():
+                beat()
                 cur.execute("SELECT set_config(%s, %s, false)", (name, value))
+            # Staging tables live per connection and empty themselves at each commit.
             for stmts in _STATEMENTS.values():
+                beat()
                 cur.execute(stmts.create_staging)
                 cur.execute(stmts.create_row_by_row)
-        conn.commit()
+            beat()
+            row = cur.execute(_BACKEND_START).fetchone()
+            self._backend_starts[conn] = row[0] if row else None
+            conn.commit()
+
+    def _check(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's check of a connection it hands out, bounded like every round trip."""
+        with self._watch(conn, "checking a pooled connection"):
+            ConnectionPool.check_connection(conn)
+
+    def _watch(self, conn: psycopg.Connection[Any], what: str) -> AbstractContextManager[Callable[[], None]]:
+        return self._watchdog.watch(conn, what, tag=self._backend_starts.get(conn))
+
+    def _cut_off(self, pid: int, backend_start: Any, waited_s: float, what: str) -> None:
+        log.warning(
+            "[DB-EXPORTER] The database has not answered for %.0fs while %s (server process %d); "
+            "dropping the connection and reconnecting",
+            waited_s,
+            what,
+            pid,
+        )
+        if backend_start is not None:
+            self._cut.append((pid, backend_start))
+        if self._on_connection_dropped is not None:
+            self._on_connection_dropped()
+
+    def _end_cut_off(self, conn: psycopg.Connection[Any]) -> None:
+        """Ends the server processes of connections cut off before, so their locks go now."""
+        while self._cut:
+            pid, backend_start = self._cut[0]
+            with self._watch(conn, "ending a cut-off server process"):
+                row = conn.execute(_END_CUT_OFF, (pid, backend_start)).fetchone()
+            conn.commit()
+            self._cut.pop(0)
+            if row and row[0]:
+                log.info(
+                    "[DB-EXPORTER] Ended server process %d of a dropped connection, releasing its locks", pid
+                )
 
     def ping(self) -> None:
         # Its own short-lived connection: a probe must answer within seconds, and
         # the pool may be busy with a flush or waiting out a reconnect.
         try:
-            with psycopg.connect(self._conninfo, connect_timeout=2, autocommit=True) as conn:
+            with (
+                psycopg.connect(self._conninfo, connect_timeout=2, autocommit=True) as conn,
+                self._watchdog.watch(conn, "a readiness check", bound_s=2.0),
+            ):
                 conn.execute("SELECT 1")
         except psycopg.Error as exc:
             raise RetryableError(f"database unreachable: {type(exc).__name__}") from exc
 
     def stored_offsets(self, partitions: list[int]) -> dict[int, int]:
         try:
-            with self._pool.connection(timeout=10) as conn:
+            with self._pool.connection(timeout=10) as conn, self._watch(conn, "reading stored offsets"):
                 return read_stored_offsets(conn, self._topic, partitions)
         except psycopg.Error as exc:
             if is_retryable(exc):
@@ -220,9 +299,18 @@ class PostgresSink:
     def _write_once(self, batch: Batch, *, isolate_rows: bool) -> FlushReport:
         try:
             with self._pool.connection(timeout=10) as conn:
-                return _Attempt(
-                    conn, batch, self._topic, self._decoder, isolate_rows, self._breaker, self._row_by_row_max
-                ).run()
+                self._end_cut_off(conn)
+                with self._watch(conn, "writing a batch") as beat:
+                    return _Attempt(
+                        conn,
+                        batch,
+                        self._topic,
+                        self._decoder,
+                        isolate_rows,
+                        self._breaker,
+                        self._row_by_row_max,
+                        beat,
+                    ).run()
         except psycopg.Error as exc:
             if is_retryable(exc):
                 raise RetryableError(f"flush failed, will retry: {type(exc).__name__}: {exc}") from exc
@@ -230,6 +318,7 @@ class PostgresSink:
 
     def close(self, timeout_s: float) -> None:
         self._pool.close(timeout=timeout_s)
+        self._watchdog.close()
 
 
 class _Attempt:
@@ -244,8 +333,10 @@ class _Attempt:
         isolate_rows: bool,
         breaker: DeadLetterBreaker,
         row_by_row_max: int,
+        beat: Callable[[], None],
     ) -> None:
         self._conn = conn
+        self._beat = beat  # before each round trip: the watchdog's bound runs from it
         self._breaker = breaker
         self._row_by_row_max = row_by_row_max
         self._cur = conn.cursor()
@@ -273,18 +364,21 @@ class _Attempt:
             # Before anything of the batch is saved: a flood rolls it all back.
             self._breaker.check(report.events, _reasons(report))
             self._write_dead_letters(report.dead_letters)
+            self._beat()
             saved = dict(batch.next_offsets)
             for orphan in report.carried:  # read again after a crash, until written
                 saved[orphan.partition] = min(saved[orphan.partition], orphan.offset)
             report.saved_offsets = saved
             row = cur.execute(_SAVE_OFFSETS, (self._topic, list(saved), list(saved.values()))).fetchone()
             report.parked_waiting = int(row[0]) if row else 0
+            self._beat()
             commit_started = time.perf_counter()
         report.commit_s = time.perf_counter() - commit_started
         return report
 
     def _write_dead_letters(self, dead: list[DeadLetter]) -> None:
         if dead:
+            self._beat()
             self._cur.executemany(
                 _INSERT_DEAD_LETTER,
                 [
@@ -306,6 +400,7 @@ class _Attempt:
     def _adopt_parked(self) -> dict[str, list[Adopted]]:
         """Takes parked children whose parents are now stored, decoded, per table."""
         adopted: dict[str, list[Adopted]] = {}
+        self._beat()
         for table, partition, offset, stored_key, stored_value in self._cur.execute(_ADOPT_PARKED):
             value = bytes(stored_value)
             key = bytes(stored_key) if stored_key is not None else None
@@ -319,6 +414,7 @@ class _Attempt:
 
     def _write_table(self, rows: TableRows, outcome: TableOutcome) -> None:
         stmts = _STATEMENTS[rows.spec.table]
+        self._beat()
         t0 = time.perf_counter()
         # Collapsed: only each key's newest version is staged. The isolating pass stages
         # every version, so a refused newest one leaves the next-newest to win.
@@ -331,6 +427,7 @@ class _Attempt:
                 copy.write(rows.copy_data)
         self._report.statements += 1
         t1 = time.perf_counter()
+        self._beat()
         if self._isolate_rows:
             # Small ranges are looked up by seq many times over: index them for this
             # pass only, so the hot path's COPY never maintains an index.
@@ -354,6 +451,7 @@ class _Attempt:
     ) -> None:
         """Applies staging rows lo..hi in one statement; their orphans are carried or parked."""
         self._report.statements += 1
+        self._beat()
         result = self._cur.execute(stmts.apply, {"lo": lo, "hi": hi, "topic": self._topic}).fetchone()
         assert result is not None
         self._account(rows, result, outcome)
@@ -377,6 +475,7 @@ class _Attempt:
         log(batch / row_by_row_max)) statements. Applying any split gives the same tables."""
         try:
             self._report.statements += 2  # the savepoint and its release
+            self._beat()
             with self._conn.transaction():
                 self._apply(stmts, rows, lo, hi, outcome)
         except psycopg.Error as exc:
@@ -393,6 +492,7 @@ class _Attempt:
         self, stmts: TableStatements, rows: TableRows, lo: int, hi: int, outcome: TableOutcome
     ) -> None:
         self._report.statements += 1
+        self._beat()
         results = self._cur.execute(stmts.row_by_row, {"lo": lo, "hi": hi, "topic": self._topic}).fetchall()
         *refused, totals = results
         for seq, state, message, *_ in refused:
@@ -418,6 +518,7 @@ class _Attempt:
                 keys = [column[i] if column is not None else None for column in parent_keys]
                 park.append((self._topic, partition, offset, table, *keys, key, value))
         if park:
+            self._beat()
             self._cur.executemany(_PARK, park)
         self._report.carried += carried
         outcome.carried += len(carried)

@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from pme_exporter.errors import ConfigError
 from pme_exporter.settings import ENVIRONMENT_VARIABLES, Settings, described, unknown_variables
@@ -62,6 +63,10 @@ def test_environment_overrides_every_documented_variable() -> None:
         ({"PME_LOG_LEVEL": "chatty"}, "PME_LOG_LEVEL"),
         ({"PME_SHUTDOWN_DEADLINE_S": "soon"}, "PME_SHUTDOWN_DEADLINE_S"),
         ({"DATABASE_URL": "mysql://u:secret@h/db"}, "DATABASE_URL"),
+        ({"PME_DB_STATEMENT_TIMEOUT_MS": "10"}, "PME_DB_STATEMENT_TIMEOUT_MS"),
+        ({"PME_DB_STATEMENT_TIMEOUT_MS": "a minute"}, "PME_DB_STATEMENT_TIMEOUT_MS"),
+        ({"PME_LIVENESS_MAX_STALL_S": "0"}, "PME_LIVENESS_MAX_STALL_S"),
+        ({"PME_LIVENESS_MAX_STALL_S": "inf"}, "PME_LIVENESS_MAX_STALL_S"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -231,3 +236,10 @@ def test_the_server_ca_reaches_libpq() -> None:
     assert (
         "sslrootcert=/etc/pme/ca.pem" in settings.conninfo() and "sslmode=verify-full" in settings.conninfo()
     )
+
+
+def test_every_connection_is_bounded_and_speaks_utf8() -> None:
+    for env in ({}, {"DATABASE_URL": "postgresql://u@h/db?keepalives_idle=99"}):
+        info = conninfo_to_dict(Settings.from_env(env).conninfo())
+        assert info["client_encoding"] == "UTF8"
+        assert (info["keepalives"], info["tcp_user_timeout"]) == ("1", "30000")
