@@ -14,6 +14,10 @@ BEGIN
             TO pme_writer;
         -- Parked children are adopted by deleting them in the flush that applies them.
         GRANT SELECT, INSERT, DELETE ON exporter_parked_children TO pme_writer;
+        -- A worker that finds the topic recreated records its new life and drops the
+        -- offsets of the old one, in one transaction.
+        GRANT SELECT, INSERT ON exporter_topic_lives TO pme_writer;
+        GRANT DELETE ON exporter_offsets TO pme_writer;
         -- The worker checks at start-up that every migration is applied.
         GRANT SELECT ON schema_migrations TO pme_writer;
         GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO pme_writer;

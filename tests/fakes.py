@@ -22,6 +22,7 @@ import orjson
 from confluent_kafka import TopicPartition
 
 from pme_exporter.buffers import Batch, DeadLetter, InMemoryMessage, Orphan
+from pme_exporter.progress import TopicLife, TopicRecreated
 from pme_exporter.schema import BY_TABLE, FLUSH_ORDER, Column, Kind, TableSpec
 from pme_exporter.sink import FlushReport, TableOutcome
 from tests.model import Tables, apply_events
@@ -114,6 +115,9 @@ class ScriptedSink:
     def stored_offsets(self, partitions: list[int]) -> dict[int, int]:
         return {}
 
+    def topic_life(self, topic_id: str, *, allow_new: bool) -> TopicLife:
+        return TopicLife(1, topic_id)
+
     def ping(self) -> None:
         return None
 
@@ -161,6 +165,7 @@ class MemorySink:
         self.dead: dict[tuple[int, int], DeadLetter] = {}
         self.parked: dict[tuple[int, int], tuple[str, bytes | None, bytes]] = {}
         self.fail_before_commit: BaseException | None = None
+        self.lives: list[str] = []  # topic IDs, oldest first
 
     def tables(self) -> Tables:
         return apply_events(self.applied)
@@ -235,6 +240,19 @@ class MemorySink:
 
     def stored_offsets(self, partitions: list[int]) -> dict[int, int]:
         return {p: o for p, o in self.stored.items() if p in partitions}
+
+    def topic_life(self, topic_id: str, *, allow_new: bool) -> TopicLife:
+        """The registry of progress.enter_topic_life: a new ID is a new life, whose offsets start afresh."""
+        if self.lives and self.lives[-1] != topic_id:
+            if not allow_new:
+                raise TopicRecreated(f"topic ID {topic_id}, life {len(self.lives)} had {self.lives[-1]}")
+            previous = self.lives[-1]
+            self.lives.append(topic_id)
+            self.stored.clear()
+            return TopicLife(len(self.lives), topic_id, previous)
+        if not self.lives:
+            self.lives.append(topic_id)
+        return TopicLife(len(self.lives), topic_id)
 
     def ping(self) -> None:
         return None

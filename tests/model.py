@@ -21,7 +21,9 @@ from psycopg import sql
 from pme_exporter.schema import BY_EVENT_TYPE, TABLES, Column, Kind, TableSpec, WriteMode, declared_limits
 
 Tables = dict[str, dict[Any, dict[str, Any]]]
-ValidMessage = tuple[int, int, bytes]  # (partition, offset, value) of a message the decoder accepts
+# (partition, offset, value) of a message the decoder accepts; (life, partition, offset, value)
+# for a message of a later life of a recreated topic.
+ValidMessage = tuple[int, int, bytes] | tuple[int, int, int, bytes]
 
 
 def column_value(column: Column, raw: Any) -> Any:
@@ -64,27 +66,34 @@ def apply_events(events: Iterable[ValidMessage]) -> Tables:
     and is not applied; its table shows the newest version whose parents exist.
     """
     decoded = []
-    seen: set[tuple[int, int]] = set()
-    for partition, offset, value in events:
-        if (partition, offset) not in seen:
-            seen.add((partition, offset))
+    seen: set[tuple[int, int, int]] = set()
+    for message in events:
+        life, partition, offset, value = message if len(message) == 4 else (1, *message)
+        if (life, partition, offset) not in seen:
+            seen.add((life, partition, offset))
             envelope = orjson.loads(value)
             spec = BY_EVENT_TYPE[envelope["type"]]
-            decoded.append((partition, offset, spec, envelope, _row(spec, envelope)))
+            decoded.append((life, partition, offset, spec, envelope, _row(spec, envelope)))
     tables: Tables = {spec.table: {} for spec in TABLES}
-    for partition, offset, spec, envelope, row in decoded:
+    for life, partition, offset, spec, envelope, row in decoded:
         if not spec.is_child:
-            _apply(tables, partition, offset, spec, envelope, row)
-    for partition, offset, spec, envelope, row in decoded:
+            _apply(tables, life, partition, offset, spec, envelope, row)
+    for life, partition, offset, spec, envelope, row in decoded:
         if spec.is_child and all(
             row[p.column] is None or row[p.column] in tables[p.table] for p in spec.parents
         ):
-            _apply(tables, partition, offset, spec, envelope, row)
+            _apply(tables, life, partition, offset, spec, envelope, row)
     return tables
+
+
+def append_key(life: int, partition: int, offset: int) -> tuple[int, ...]:
+    """An append row's key in the model: its message's place, with the topic's life after the first."""
+    return (partition, offset) if life == 1 else (life, partition, offset)
 
 
 def _apply(
     tables: Tables,
+    life: int,
     partition: int,
     offset: int,
     spec: TableSpec,
@@ -94,7 +103,7 @@ def _apply(
     ts = datetime.fromisoformat(envelope["ts"])
     rows = tables[spec.table]
     if spec.mode is WriteMode.APPEND:
-        rows[(partition, offset)] = {
+        rows[append_key(life, partition, offset)] = {
             **row,
             "created_at": ts,
             "src_partition": partition,
@@ -121,16 +130,17 @@ def snapshot(conn: psycopg.Connection[Any]) -> Tables:
         if spec.mode is WriteMode.UPSERT:
             lineage.append("updated_at")
         names = [*spec.column_names, *lineage]
-        query = sql.SQL("SELECT {} FROM {}").format(
-            sql.SQL(", ").join(map(sql.Identifier, names)), sql.Identifier(spec.table)
+        life = "src_life" if spec.mode is WriteMode.APPEND else "1"
+        query = sql.SQL("SELECT {}, {} FROM {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, names)), sql.SQL(life), sql.Identifier(spec.table)
         )
         rows: dict[Any, dict[str, Any]] = {}
-        for values in conn.execute(query):
+        for *values, src_life in conn.execute(query):
             row = dict(zip(names, values, strict=True))
-            key = (row["src_partition"], row["src_offset"]) if spec.key is None else row[spec.key]
             if spec.mode is WriteMode.APPEND:
-                key = (row["src_partition"], row["src_offset"])
-            rows[key] = row
+                rows[append_key(src_life, row["src_partition"], row["src_offset"])] = row
+            else:
+                rows[row[str(spec.key)]] = row
         tables[spec.table] = rows
     return tables
 

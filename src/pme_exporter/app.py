@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import conninfo_to_dict
 
@@ -245,6 +245,12 @@ class Liveness:
         return True, "ok"
 
 
+def topic_id_of(admin: AdminClient, topic: str) -> str:
+    """The ID Kafka gave the topic when it was created; raises KafkaException when it cannot tell."""
+    described = admin.describe_topics(TopicCollection([topic]), request_timeout=5)[topic].result(10)
+    return str(described.topic_id)
+
+
 def retrying_since(flushers: Sequence[Flusher]) -> float | None:
     """Since when the longest-failing lane has been retrying its write (None: none is)."""
     return min((f.retrying_since for f in flushers if f.retrying_since is not None), default=None)
@@ -316,6 +322,7 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         for lane in range(settings.flush_lanes)
     ]
     kafka_errors = KafkaErrorPolicy(metrics, topic_wait_s=settings.topic_wait_s)
+    topics = AdminClient(settings.kafka_admin_config(logger=KAFKA_LOG))
     config = consumer_config(settings.kafka_config())
     config["error_cb"] = kafka_errors.on_error
     consumer = Consumer(config)
@@ -333,6 +340,8 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         max_message_bytes=settings.max_message_bytes,
         column_types=column_types,
         kafka_errors=kafka_errors,
+        topic_id=lambda: topic_id_of(topics, settings.kafka_topic),
+        start_new_life=settings.topic_recreated == "restart",
     )
 
     def retrying_for() -> float:

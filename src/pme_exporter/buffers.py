@@ -219,6 +219,9 @@ class Batch:
     # Keep only each key's newest version of collapsible tables for the COPY (README
     # "How it works"); off, every version is staged and PostgreSQL picks the newest.
     collapse: bool = True
+    # The life of the topic its messages come from (progress.enter_topic_life): part of
+    # the identity of its append rows, dead letters and parked children.
+    life: int = 1
 
     def add(self, messages: list[Message]) -> None:
         """Decodes and buffers messages; invalid ones become dead letters, never exceptions."""

@@ -24,9 +24,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
 from pme_exporter.breaker import DeadLetterFlood
 from pme_exporter.buffers import Batch
@@ -34,7 +41,7 @@ from pme_exporter.decode import DEFAULT_MAX_MESSAGE_BYTES, Decoder
 from pme_exporter.errors import ConfigError, KafkaFatalError, RetryableError, retry_reason
 from pme_exporter.flusher import Flusher, FlushFailed
 from pme_exporter.metrics import Metrics
-from pme_exporter.progress import CarryPolicy, PartitionProgress
+from pme_exporter.progress import CarryPolicy, PartitionProgress, TopicRecreated
 from pme_exporter.settings import RDKAFKA_PREFIX
 from pme_exporter.sink import Sink
 
@@ -53,6 +60,8 @@ _LAG_EVERY_S = 1.0
 # Pausing drops librdkafka's prefetched messages and refetches them on resume,
 # which cost a third of the throughput when it happened on every batch.
 _BACKPRESSURE_WAIT_S = 1.0
+_TOPIC_ID_WAIT_S = 30.0
+T = TypeVar("T")
 
 
 class FatalError(Exception):
@@ -190,6 +199,8 @@ class ConsumerLoop:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         column_types: Mapping[str, Mapping[str, str]] | None = None,
         kafka_errors: KafkaErrorPolicy | None = None,
+        topic_id: Callable[[], str] | None = None,
+        start_new_life: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not flushers:
@@ -207,6 +218,11 @@ class ConsumerLoop:
         self._max_buffered = max_buffered_events
         self._deadline_s = shutdown_deadline_s
         self._clock = clock
+        # The topic's ID as Kafka gives it now (raises when it cannot be read); None: lives
+        # are not tracked. A new ID is a new life of the topic (progress.enter_topic_life).
+        self._topic_id = topic_id
+        self._start_new_life = start_new_life
+        self._life = 1
         self._lanes = [Lane(i, f, self._new_batch(), last_flush_at=clock()) for i, f in enumerate(flushers)]
         self._lane_of: dict[int, Lane] = {}
         self._progress = PartitionProgress()
@@ -295,7 +311,7 @@ class ConsumerLoop:
         return min(_POLL_TIMEOUT_S, max(_BUSY_POLL_S, soonest))
 
     def _new_batch(self) -> Batch:
-        return Batch(decoder=self._decoder, clock=self._clock)
+        return Batch(decoder=self._decoder, clock=self._clock, life=self._life)
 
     def _buffered(self) -> int:
         return sum(lane.batch.size for lane in self._lanes)
@@ -482,9 +498,13 @@ class ConsumerLoop:
     # -- rebalance callbacks (run inside consume()) ---------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = [tp.partition for tp in partitions]
+        self._enter_life()
         stored = self._stored_offsets(numbers)
+        # Nothing stored: Kafka's committed offset, else the earliest; in a later life of
+        # the topic, its first offset (a commit of the old life means nothing in this one).
+        unstored = OFFSET_BEGINNING if self._life > 1 else OFFSET_INVALID
         for tp in partitions:
-            tp.offset = stored.get(tp.partition, OFFSET_INVALID)
+            tp.offset = stored.get(tp.partition, unstored)
         self._place(numbers)
         consumer.incremental_assign(partitions)
         self._kafka_errors.topic_seen()
@@ -500,17 +520,68 @@ class ConsumerLoop:
         )
 
     def _stored_offsets(self, partitions: list[int]) -> dict[int, int]:
+        return self._retrying(lambda: self._sink.stored_offsets(partitions), "Reading stored offsets")
+
+    def _retrying(self, read: Callable[[], T], what: str) -> T:
+        """``read`` from the database, retried with backoff while it is away, until a stop."""
         delay = 0.2
         while True:
             try:
-                return self._sink.stored_offsets(partitions)
+                return read()
             except RetryableError as exc:
                 if self._stop is not None and self._stop.is_set():
                     raise FatalError("stopping while the database was unreachable") from exc
                 self._metrics.db_retries.labels(retry_reason(exc)).inc()
-                log.warning("[DB-EXPORTER] Reading stored offsets failed, retrying: %s", exc)
+                log.warning("[DB-EXPORTER] %s failed, retrying: %s", what, exc)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _enter_life(self) -> None:
+        """Finds which life of the topic the assignment is in; a new one starts afresh: what
+        is held of the old life is written first, and its positions are forgotten."""
+        if self._topic_id is None:
+            return
+        topic_id = self._read_topic_id(self._topic_id)
+        try:
+            life = self._retrying(
+                lambda: self._sink.topic_life(topic_id, allow_new=self._start_new_life),
+                "Reading the topic's life",
+            )
+        except TopicRecreated as exc:
+            raise KafkaFatalError(
+                f"{exc}; nothing of its new life was exported. PME_TOPIC_RECREATED=restart exports "
+                "the new life from its first offset (README Operating)"
+            ) from None
+        if life.previous_id is not None:
+            log.warning(
+                "[DB-EXPORTER] The topic %s was deleted and created again (topic ID %s, was %s): "
+                "exporting its life %d from its first offsets",
+                self._topic,
+                life.topic_id,
+                life.previous_id,
+                life.life,
+            )
+        if life.life != self._life:
+            if not self._drain(self._clock() + self._deadline_s):
+                raise FatalError("could not flush what was held of the topic's earlier life")
+            self._life = life.life
+            for lane in self._lanes:
+                lane.batch = self._new_batch()
+            self._progress = PartitionProgress()
+
+    def _read_topic_id(self, read: Callable[[], str]) -> str:
+        """The topic's ID from Kafka, retried for up to _TOPIC_ID_WAIT_S."""
+        started = self._clock()
+        while True:
+            try:
+                return read()
+            except Exception as exc:
+                if self._clock() - started >= _TOPIC_ID_WAIT_S or (
+                    self._stop is not None and self._stop.is_set()
+                ):
+                    raise FatalError(f"the topic's ID could not be read from Kafka: {exc}") from exc
+                log.warning("[DB-EXPORTER] Reading the topic's ID failed, retrying: %s", exc)
+                time.sleep(1.0)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted(tp.partition for tp in partitions)

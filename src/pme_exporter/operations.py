@@ -210,17 +210,22 @@ def redrive(settings: Settings, f: DeadLetterFilter) -> list[Redriven]:
     with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
         where, params = _where(settings.kafka_topic, f)
         query = sql.SQL(
-            'SELECT id, partition, "offset", msg_key, msg_value FROM exporter_dead_letters WHERE {} ORDER BY id'
+            'SELECT id, life, partition, "offset", msg_key, msg_value FROM exporter_dead_letters'
+            " WHERE {} ORDER BY id"
         )
         rows = conn.execute(query.format(where), params).fetchall()
         column_types = live_column_types(conn)  # a column widened since is judged as it is now
     if not rows:
         return []
     decoder = Decoder(settings.max_message_bytes, column_types)
-    batch = Batch(decoder=decoder, carry_policy=CarryPolicy(closing=True))
-    ids = {}
-    for letter_id, partition, offset, key, value in rows:
-        ids[(partition, offset)] = letter_id
+    # A batch belongs to one life of the topic: each dead letter goes back in its own.
+    batches: dict[int, Batch] = {}
+    ids: dict[tuple[int, int, int], int] = {}  # by (life, partition, offset)
+    for letter_id, life, partition, offset, key, value in rows:
+        ids[(life, partition, offset)] = letter_id
+        batch = batches.setdefault(
+            life, Batch(decoder=decoder, carry_policy=CarryPolicy(closing=True), life=life)
+        )
         batch.add(
             [
                 InMemoryMessage(
@@ -233,22 +238,32 @@ def redrive(settings: Settings, f: DeadLetterFilter) -> list[Redriven]:
         )
     sink = PostgresSink(conninfo=settings.conninfo(), topic=settings.kafka_topic, column_types=column_types)
     try:
-        report = sink.write(batch)
+        reports = [sink.write(batch) for batch in batches.values()]
     finally:
         sink.close(timeout_s=5)
-    still = {(d.partition, d.offset): d.reason for d in report.dead_letters}
-    landed = [ids[place] for place in ids if place not in still]
+    refused = {
+        (life, d.partition, d.offset): d
+        for life, report in zip(batches, reports, strict=True)
+        for d in report.dead_letters
+    }
+    landed = [ids[place] for place in ids if place not in refused]
     with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
         conn.execute("DELETE FROM exporter_dead_letters WHERE id = ANY(%s)", (landed,))
         # A dead letter redriven and refused again keeps its row; bring its reason up to date.
-        for d in report.dead_letters:
+        for place, d in refused.items():
             conn.execute(
                 "UPDATE exporter_dead_letters SET stage = %s, reason = %s, sqlstate = %s, error = %s WHERE id = %s",
-                (d.stage, d.reason, d.sqlstate, d.error, ids[(d.partition, d.offset)]),
+                (d.stage, d.reason, d.sqlstate, d.error, ids[place]),
             )
     return [
-        Redriven(ids[(p, o)], p, o, (p, o) not in still, still.get((p, o), ""))
-        for p, o in sorted(ids, key=lambda place: ids[place])
+        Redriven(
+            ids[place],
+            place[1],
+            place[2],
+            place not in refused,
+            refused[place].reason if place in refused else "",
+        )
+        for place in sorted(ids, key=ids.__getitem__)
     ]
 
 

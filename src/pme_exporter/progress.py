@@ -1,4 +1,5 @@
-"""Partition progress in one place: what is assigned, in flight, stored, held back, and the lag.
+"""Partition progress in one place: what is assigned, in flight, stored, held back, the lag,
+and the topic's life.
 
 The rule it keeps: ``exporter_offsets`` in PostgreSQL is the truth. A flush
 report says both where its batch ended (``end_offsets``) and what was saved
@@ -35,6 +36,64 @@ def read_stored_offsets(
             _STORED_OFFSETS + " AND partition = ANY(%s)", (topic, list(partitions))
         ).fetchall()
     return {int(p): int(o) for p, o in rows}
+
+
+@dataclass(frozen=True)
+class TopicLife:
+    """The life of a topic whose ID is ``topic_id``: 1 for the first ID the workers saw, one
+    more each time the topic was deleted and created again. ``previous_id`` is set when the
+    call that returned it recorded the new life."""
+
+    life: int
+    topic_id: str
+    previous_id: str | None = None
+
+
+class TopicRecreated(Exception):
+    """The topic's ID is not the one recorded, and a new life may not be started here."""
+
+
+_LIVES_LOCK = "SELECT pg_advisory_xact_lock(hashtext('pme-exporter topic lives: ' || %s))"
+_NEWEST_LIFE = "SELECT life, topic_id FROM exporter_topic_lives WHERE topic = %s ORDER BY life DESC LIMIT 1"
+_RECORD_LIFE = "INSERT INTO exporter_topic_lives (topic, life, topic_id) VALUES (%s, %s, %s)"
+
+
+def current_life(conn: psycopg.Connection[Any], topic: str) -> int:
+    """The newest life of ``topic`` the workers recorded (1 before any was)."""
+    row = conn.execute(
+        "SELECT coalesce(max(life), 1) FROM exporter_topic_lives WHERE topic = %s", (topic,)
+    ).fetchone()
+    return int(row[0]) if row else 1
+
+
+def enter_topic_life(
+    conn: psycopg.Connection[Any], topic: str, topic_id: str, *, allow_new: bool
+) -> TopicLife:
+    """The life of ``topic`` for ``topic_id``, recorded when new, in one transaction that
+    workers starting together take in turn.
+
+    The first ID recorded is life 1 (rows written before lives were recorded belong to
+    it). Another ID is the next life: its offsets start again from the beginning, so the
+    topic's ``exporter_offsets`` rows (the old life's) are deleted in the same transaction.
+    With ``allow_new`` false, another ID raises TopicRecreated and changes nothing.
+    """
+    with conn.transaction():
+        conn.execute(_LIVES_LOCK, (topic,))
+        row = conn.execute(_NEWEST_LIFE, (topic,)).fetchone()
+        if row is None:
+            conn.execute(_RECORD_LIFE, (topic, 1, topic_id))
+            return TopicLife(1, topic_id)
+        life, known_id = int(row[0]), str(row[1])
+        if known_id == topic_id:
+            return TopicLife(life, topic_id)
+        if not allow_new:
+            raise TopicRecreated(
+                f"the topic {topic} was deleted and created again (topic ID {topic_id}, "
+                f"life {life} had {known_id})"
+            )
+        conn.execute(_RECORD_LIFE, (topic, life + 1, topic_id))
+        conn.execute("DELETE FROM exporter_offsets WHERE topic = %s", (topic,))
+        return TopicLife(life + 1, topic_id, known_id)
 
 
 @dataclass(frozen=True)

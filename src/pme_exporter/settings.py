@@ -95,6 +95,9 @@ class Settings:
     breaker_ratio: float = 0.25
     # A subscribed topic that does not exist for this long is fatal (exit 5).
     topic_wait_s: float = 60.0
+    # A topic deleted and created again under the same name (a new topic ID): "restart"
+    # exports its new life from its first offset; "stop" exits 5 for an operator to decide.
+    topic_recreated: str = "restart"
     # At start-up, how long to wait for a Kafka broker to answer before exit 5,
     # and for an unreachable database before exit 4.
     kafka_startup_wait_s: float = 60.0
@@ -140,6 +143,7 @@ class Settings:
         _check(self.db_sslmode in _SSLMODES, "DB_SSLMODE", f"must be one of {', '.join(_SSLMODES)}")
         _check(self.log_level in _LOG_LEVELS, "PME_LOG_LEVEL", f"must be one of {', '.join(_LOG_LEVELS)}")
         _check(self.log_format in ("text", "json"), "PME_LOG_FORMAT", "must be text or json")
+        _check(self.topic_recreated in ("restart", "stop"), "PME_TOPIC_RECREATED", "must be restart or stop")
         _check(bool(self.kafka_url.strip()), "KAFKA_URL", "must name at least one broker host:port")
         for broker in self.kafka_url.split(","):
             host, sep, port = broker.strip().rpartition(":")
@@ -328,6 +332,10 @@ def _upper(raw: str) -> str:
     return raw.strip().upper()
 
 
+def _lower(raw: str) -> str:
+    return raw.strip().lower()
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0 or value == float("inf"):  # also refuses nan
@@ -335,7 +343,7 @@ def _positive_float(raw: str) -> float:
     return value
 
 
-_KIND: dict[Callable[[str], Any], str] = {int: "whole number", _text: "text", _upper: "text"}
+_KIND: dict[Callable[[str], Any], str] = {int: "whole number", _text: "text", _upper: "text", _lower: "text"}
 _KIND[_positive_float] = "positive number"
 _SECRET_ATTRS = frozenset({"db_password", "kafka_sasl_password", "kafka_ssl_key_password", "database_url"})
 _SECRET_FILES = ("DB_PASSWORD", "KAFKA_SASL_PASSWORD", "KAFKA_SSL_KEY_PASSWORD")
@@ -491,6 +499,7 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("PME_BREAKER_WINDOW", "breaker_window", int),
     ("PME_BREAKER_RATIO", "breaker_ratio", _positive_float),
     ("PME_TOPIC_WAIT_S", "topic_wait_s", _positive_float),
+    ("PME_TOPIC_RECREATED", "topic_recreated", _lower),
     ("PME_KAFKA_STARTUP_WAIT_S", "kafka_startup_wait_s", _positive_float),
     ("PME_DB_STARTUP_WAIT_S", "db_startup_wait_s", _positive_float),
     ("PME_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", "db_idle_in_transaction_timeout_ms", int),

@@ -39,7 +39,7 @@ from pme_exporter.breaker import DeadLetterBreaker
 from pme_exporter.buffers import Batch, DeadLetter, Orphan, TableRows, dead_letter_for
 from pme_exporter.decode import Decoder
 from pme_exporter.errors import RetryableError, is_retryable, is_row_error
-from pme_exporter.progress import read_stored_offsets
+from pme_exporter.progress import TopicLife, enter_topic_life, read_stored_offsets
 from pme_exporter.schema import FLUSH_ORDER, PARKED_PARENT_COLUMNS, TableSpec, WriteMode
 from pme_exporter.sqlgen import TableStatements, adopt_parked_statement, staging_table, statements_for
 from pme_exporter.watchdog import ConnectionWatchdog
@@ -102,25 +102,33 @@ class Sink(Protocol):
         """Raises if the database cannot be reached now."""
         ...
 
+    def topic_life(self, topic_id: str, *, allow_new: bool) -> TopicLife:
+        """The topic's life for ``topic_id`` (``progress.enter_topic_life``); RetryableError
+        while the database is away, TopicRecreated when a new life is not allowed."""
+        ...
+
     def close(self, timeout_s: float) -> None: ...
 
 
 _INSERT_DEAD_LETTER = """
-INSERT INTO exporter_dead_letters (topic, partition, "offset", msg_key, msg_value, stage, reason, sqlstate, error)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (topic, partition, "offset") DO NOTHING"""
+INSERT INTO exporter_dead_letters
+    (topic, life, partition, "offset", msg_key, msg_value, stage, reason, sqlstate, error)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (topic, life, partition, "offset") DO NOTHING"""
 
 _PARK = f"""
 INSERT INTO exporter_parked_children
-    (topic, partition, "offset", table_name, {", ".join(PARKED_PARENT_COLUMNS)}, msg_key, msg_value)
-VALUES (%s, %s, %s, %s, {", ".join("%s" for _ in PARKED_PARENT_COLUMNS)}, %s, %s)
-ON CONFLICT (topic, partition, "offset") DO NOTHING"""
+    (topic, life, partition, "offset", table_name, {", ".join(PARKED_PARENT_COLUMNS)}, msg_key, msg_value)
+VALUES (%s, %s, %s, %s, %s, {", ".join("%s" for _ in PARKED_PARENT_COLUMNS)}, %s, %s)
+ON CONFLICT (topic, life, partition, "offset") DO NOTHING"""
 
 # Saves the batch's offsets and answers how many children still wait, in one round trip.
+# Offsets belong to the topic's newest life: a batch of an earlier one saves none.
 _SAVE_OFFSETS = """
 WITH saved AS (
     INSERT INTO exporter_offsets (topic, partition, next_offset)
-    SELECT %s, p, o FROM unnest(%s::int[], %s::bigint[]) AS u(p, o)
+    SELECT %(topic)s, p, o FROM unnest(%(partitions)s::int[], %(offsets)s::bigint[]) AS u(p, o)
+    WHERE %(life)s >= (SELECT coalesce(max(life), 1) FROM exporter_topic_lives WHERE topic = %(topic)s)
     ON CONFLICT (topic, partition) DO UPDATE
     SET next_offset = GREATEST(exporter_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()
     RETURNING 1
@@ -274,6 +282,15 @@ class PostgresSink:
         except psycopg.Error as exc:
             raise RetryableError(f"database unreachable: {type(exc).__name__}") from exc
 
+    def topic_life(self, topic_id: str, *, allow_new: bool) -> TopicLife:
+        try:
+            with self._pool.connection(timeout=10) as conn, self._watch(conn, "reading the topic's life"):
+                return enter_topic_life(conn, self._topic, topic_id, allow_new=allow_new)
+        except psycopg.Error as exc:
+            if is_retryable(exc):
+                raise RetryableError(f"reading the topic's life failed: {type(exc).__name__}") from exc
+            raise
+
     def stored_offsets(self, partitions: list[int]) -> dict[int, int]:
         try:
             with self._pool.connection(timeout=10) as conn, self._watch(conn, "reading stored offsets"):
@@ -369,12 +386,24 @@ class _Attempt:
             for orphan in report.carried:  # read again after a crash, until written
                 saved[orphan.partition] = min(saved[orphan.partition], orphan.offset)
             report.saved_offsets = saved
-            row = cur.execute(_SAVE_OFFSETS, (self._topic, list(saved), list(saved.values()))).fetchone()
+            row = cur.execute(
+                _SAVE_OFFSETS,
+                {
+                    "topic": self._topic,
+                    "life": batch.life,
+                    "partitions": list(saved),
+                    "offsets": list(saved.values()),
+                },
+            ).fetchone()
             report.parked_waiting = int(row[0]) if row else 0
             self._beat()
             commit_started = time.perf_counter()
         report.commit_s = time.perf_counter() - commit_started
         return report
+
+    def _range(self, lo: int, hi: int) -> dict[str, Any]:
+        """The parameters of an apply over staging rows lo..hi (see sqlgen)."""
+        return {"lo": lo, "hi": hi, "topic": self._topic, "life": self._batch.life}
 
     def _write_dead_letters(self, dead: list[DeadLetter]) -> None:
         if dead:
@@ -384,6 +413,7 @@ class _Attempt:
                 [
                     (
                         self._topic,
+                        self._batch.life,
                         d.partition,
                         d.offset,
                         d.key,
@@ -401,7 +431,8 @@ class _Attempt:
         """Takes parked children whose parents are now stored, decoded, per table."""
         adopted: dict[str, list[Adopted]] = {}
         self._beat()
-        for table, partition, offset, stored_key, stored_value in self._cur.execute(_ADOPT_PARKED):
+        params = {"topic": self._topic, "life": self._batch.life}
+        for table, partition, offset, stored_key, stored_value in self._cur.execute(_ADOPT_PARKED, params):
             value = bytes(stored_value)
             key = bytes(stored_key) if stored_key is not None else None
             try:  # a parked row decoded once already; it fails only if the contract changed under it
@@ -452,7 +483,7 @@ class _Attempt:
         """Applies staging rows lo..hi in one statement; their orphans are carried or parked."""
         self._report.statements += 1
         self._beat()
-        result = self._cur.execute(stmts.apply, {"lo": lo, "hi": hi, "topic": self._topic}).fetchone()
+        result = self._cur.execute(stmts.apply, self._range(lo, hi)).fetchone()
         assert result is not None
         self._account(rows, result, outcome)
 
@@ -493,7 +524,7 @@ class _Attempt:
     ) -> None:
         self._report.statements += 1
         self._beat()
-        results = self._cur.execute(stmts.row_by_row, {"lo": lo, "hi": hi, "topic": self._topic}).fetchall()
+        results = self._cur.execute(stmts.row_by_row, self._range(lo, hi)).fetchall()
         *refused, totals = results
         for seq, state, message, *_ in refused:
             self._report.dead_letters.append(
@@ -516,7 +547,7 @@ class _Attempt:
                 carried.append(Orphan(table, partition, offset, key, value, rows.row_text(seq), times + 1))
             else:
                 keys = [column[i] if column is not None else None for column in parent_keys]
-                park.append((self._topic, partition, offset, table, *keys, key, value))
+                park.append((self._topic, batch.life, partition, offset, table, *keys, key, value))
         if park:
             self._beat()
             self._cur.executemany(_PARK, park)

@@ -2,8 +2,9 @@
 
 Every statement works on one table's staging rows ``seq BETWEEN %(lo)s AND
 %(hi)s``, so the sink can run a whole batch at once or, when PostgreSQL refuses
-a row, bisect the range to find it; append statements also take ``%(topic)s``,
-part of each append row's identity. Staging columns are all text: COPY never
+a row, bisect the range to find it; append statements also take ``%(topic)s``
+and ``%(life)s`` (the topic's life, ``progress.enter_topic_life``), part of each
+append row's identity. Staging columns are all text: COPY never
 fails on content, and the casts below raise the SQLSTATE that names the fault.
 
 Upsert rule (README "Event types and tables"): per key the event with the greatest
@@ -37,7 +38,7 @@ class TableStatements:
     # staging row (seq, SQLSTATE, message, NULLs), then one row of totals in the
     # shape of ``apply`` (NULL, NULL, NULL, inserted, updated, ...).
     create_row_by_row: str
-    row_by_row: str  # the call, with %(lo)s, %(hi)s and %(topic)s
+    row_by_row: str  # the call, with %(lo)s, %(hi)s, %(topic)s and %(life)s
 
 
 def staging_table(spec: TableSpec) -> str:
@@ -131,23 +132,26 @@ def _append(spec: TableSpec) -> str:
     cols = spec.column_names
     return f"""WITH {_src_cte(spec)},
 written AS (
-    INSERT INTO {spec.table} ({", ".join(cols)}, created_at, src_topic, src_partition, src_offset)
-    SELECT {", ".join(cols)}, ts, %(topic)s, src_partition, src_offset FROM src WHERE parents_ok
-    ON CONFLICT (src_topic, src_partition, src_offset) DO NOTHING
+    INSERT INTO {spec.table} ({", ".join(cols)}, created_at, src_topic, src_life, src_partition, src_offset)
+    SELECT {", ".join(cols)}, ts, %(topic)s, %(life)s, src_partition, src_offset FROM src WHERE parents_ok
+    ON CONFLICT (src_topic, src_life, src_partition, src_offset) DO NOTHING
     RETURNING 1
 )
 {_counts(spec, "count(*)", "0")}"""
 
 
 def adopt_parked_statement(specs: tuple[TableSpec, ...]) -> str:
-    """Deletes and returns every parked child whose parents are now stored, for all child tables."""
+    """Deletes and returns every parked child of ``%(topic)s`` in its life ``%(life)s`` whose
+    parents are now stored, for all child tables. A child parked in an earlier life of the
+    topic stays parked: written now, it would take the identity of the new life's message."""
     which = "\n   OR ".join(
         f"(pc.table_name = '{spec.table}' AND {_parents_present(spec, 'pc')})"
         for spec in specs
         if spec.is_child
     )
     return f"""DELETE FROM exporter_parked_children pc
-WHERE {which}
+WHERE pc.topic = %(topic)s AND pc.life = %(life)s AND (
+    {which})
 RETURNING pc.table_name, pc.partition, pc."offset", pc.msg_key, pc.msg_value"""
 
 
@@ -160,9 +164,10 @@ def row_by_row_function(spec: TableSpec) -> str:
         apply.replace("%(lo)s", "v_i")
         .replace("%(hi)s", "v_i")
         .replace("%(topic)s", "v_topic")
+        .replace("%(life)s", "v_life")
         .replace("/*into*/", _RESULT_INTO)
     )
-    return f"""CREATE OR REPLACE FUNCTION pg_temp.{row_by_row_name(spec)}(v_lo int, v_hi int, v_topic text)
+    return f"""CREATE OR REPLACE FUNCTION pg_temp.{row_by_row_name(spec)}(v_lo int, v_hi int, v_topic text, v_life int)
 RETURNS TABLE (r_seq int, r_state text, r_message text, r_inserted bigint, r_updated bigint,
                r_staged bigint, r_ready bigint, r_orphans int[], r_trade bigint[], r_order bigint[])
 LANGUAGE plpgsql AS $fn$
@@ -227,5 +232,5 @@ def statements_for(spec: TableSpec) -> TableStatements:
         else None,
         apply=(_upsert(spec) if spec.mode is WriteMode.UPSERT else _append(spec)).replace("/*into*/", ""),
         create_row_by_row=row_by_row_function(spec),
-        row_by_row=f"SELECT * FROM pg_temp.{row_by_row_name(spec)}(%(lo)s, %(hi)s, %(topic)s)",
+        row_by_row=f"SELECT * FROM pg_temp.{row_by_row_name(spec)}(%(lo)s, %(hi)s, %(topic)s, %(life)s)",
     )

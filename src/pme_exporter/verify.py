@@ -39,6 +39,7 @@ from psycopg import sql
 
 from pme_exporter.decode import NULL, Decoder, copy_fields
 from pme_exporter.errors import DecodeError, ValueRefused, VerifyError
+from pme_exporter.progress import current_life, read_stored_offsets
 from pme_exporter.schema import CAST_TYPE, TABLES, Kind, TableSpec, WriteMode, live_column_types
 from pme_exporter.settings import Settings
 
@@ -106,12 +107,8 @@ def verify_topic(
     topic = settings.kafka_topic
     with psycopg.connect(settings.conninfo()) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        bounds = {
-            int(p): int(o)
-            for p, o in conn.execute(
-                "SELECT partition, next_offset FROM exporter_offsets WHERE topic = %s", (topic,)
-            )
-        }
+        bounds = read_stored_offsets(conn, topic)
+        life = current_life(conn, topic)
         result = VerifyResult(topic, bounds, sample)
         column_types = live_column_types(conn)  # as they are now: a column widened by hand included
         _create_scratch(conn)
@@ -138,7 +135,7 @@ def verify_topic(
                 else (_append_check(spec, live_types, with_archive))
             )
             counts = dict.fromkeys(VERDICTS, 0)
-            params = {"topic": topic, "sample": sample}
+            params = {"topic": topic, "life": life, "sample": sample}
             # A server-side cursor: a row per key or message comes back, so fetch them a batch at a time.
             with conn.cursor(name=f"vfy_check_{spec.table}") as cur:
                 cur.itersize = 10_000
@@ -158,9 +155,9 @@ def verify_topic(
         for partition, offset, reason in conn.execute(
             """SELECT r.p, r.o, r.reason FROM vfy_rejected r
                WHERE NOT EXISTS (SELECT 1 FROM exporter_dead_letters d
-                                 WHERE d.topic = %s AND d.partition = r.p AND d."offset" = r.o)
+                                 WHERE d.topic = %s AND d.life = %s AND d.partition = r.p AND d."offset" = r.o)
                ORDER BY r.p, r.o""",
-            (topic,),
+            (topic, life),
         ):
             result.mismatch_count += 1
             if len(result.mismatches) < keep:
@@ -315,15 +312,21 @@ def _typed(spec: TableSpec, live_types: dict[str, str]) -> sql.Composable:
 
 
 _ACCOUNTED = """NOT EXISTS (SELECT 1 FROM exporter_dead_letters d
-                WHERE d.topic = %(topic)s AND d.partition = v.src_partition AND d."offset" = v.src_offset)
+                WHERE d.topic = %(topic)s AND d.life = %(life)s
+                  AND d.partition = v.src_partition AND d."offset" = v.src_offset)
             AND NOT EXISTS (SELECT 1 FROM exporter_parked_children pc
-                WHERE pc.topic = %(topic)s AND pc.partition = v.src_partition AND pc."offset" = v.src_offset)"""
+                WHERE pc.topic = %(topic)s AND pc.life = %(life)s
+                  AND pc.partition = v.src_partition AND pc."offset" = v.src_offset)"""
+# When the topic's current life began (NULL in its first): a row written before then came
+# from a message the topic no longer holds.
+_LIFE_BEGAN = """(SELECT seen_at FROM exporter_topic_lives
+                  WHERE topic = %(topic)s AND life = %(life)s AND life > 1)"""
 
 
 def _set_aside(spec: TableSpec) -> str:
     """One row per message that is a dead letter or a parked child instead of a row."""
     return f"""SELECT CASE WHEN EXISTS (SELECT 1 FROM exporter_dead_letters d WHERE d.topic = %(topic)s
-                        AND d.partition = v.src_partition AND d."offset" = v.src_offset)
+                        AND d.life = %(life)s AND d.partition = v.src_partition AND d."offset" = v.src_offset)
                    THEN 'dead_letter' ELSE 'parked' END,
               v.src_partition, v.src_offset, NULL::text, NULL::text
        FROM vfy_{spec.table} v WHERE NOT ({_ACCOUNTED})"""
@@ -356,7 +359,7 @@ expected AS (
         count(*) OVER (PARTITION BY {key}) AS versions
     FROM msgs ORDER BY {key}, ts DESC, p DESC, o DESC
 ),
-stored_all AS ({_stored(spec, with_archive, "created_at, updated_at, src_partition, src_offset")}),
+stored_all AS ({_stored(spec, with_archive, "created_at, updated_at, src_partition, src_offset, exported_at")}),
 stored AS (
     SELECT DISTINCT ON ({key}) *, count(*) OVER (PARTITION BY {key}) AS copies
     FROM stored_all WHERE {{sampled}}
@@ -365,6 +368,8 @@ stored AS (
 judged AS (
     SELECT e.{key} AS e_key, s.{key} AS s_key, e.p, e.o, e.versions, s.src_partition, s.src_offset,
         CASE
+            WHEN s.exported_at < {_LIFE_BEGAN} AND (e.{key} IS NULL
+                OR (s.updated_at, s.src_partition, s.src_offset) > (e.ts, e.p, e.o)) THEN 'unverifiable'
             WHEN s.{key} IS NOT NULL AND (b.p IS NULL OR s.src_offset >= b.end_offset) THEN 'ahead'
             WHEN e.{key} IS NULL AND s.src_offset < b.first_offset THEN 'unverifiable'
             WHEN e.{key} IS NULL THEN 'extra'
@@ -373,7 +378,7 @@ judged AS (
                 THEN 'altered'
             WHEN cardinality({differs}) > 0 THEN 'altered'
             WHEN s.created_at IS DISTINCT FROM e.first_ts AND s.copies = 1 AND b.first_offset = 0
-                THEN 'altered'
+                AND NOT (s.created_at < e.first_ts AND {_LIFE_BEGAN} IS NOT NULL) THEN 'altered'
             ELSE 'stored'
         END AS verdict,
         CASE
@@ -404,7 +409,10 @@ ORDER BY 2, 3"""
 def _append_check(spec: TableSpec, live_types: dict[str, str], with_archive: bool) -> sql.Composed:
     differs = _differs(spec, "m", "s")
     stored = _stored(
-        spec, with_archive, "created_at, src_partition, src_offset", "WHERE src_topic = %(topic)s"
+        spec,
+        with_archive,
+        "created_at, src_partition, src_offset",
+        "WHERE src_topic = %(topic)s AND src_life = %(life)s",
     )
     text = f"""
 WITH msgs AS (

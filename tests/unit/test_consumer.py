@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from pme_exporter.consumer import PREFETCH_DEFAULTS, ConsumerLoop, consumer_config
 from pme_exporter.flusher import Flusher
@@ -51,8 +51,11 @@ def harness() -> Iterator[
         linger_ms: int = 0,
         lanes: int = 1,
         partitions: tuple[int, ...] = (0, 1),
+        topic_id: Callable[[], str] | None = None,
+        lives: tuple[str, ...] = (),
     ) -> tuple[FakeConsumer, MemorySink, Clock, threading.Event, ConsumerLoop]:
         consumer, sink = FakeConsumer(list(partitions)), MemorySink(stored)
+        sink.lives = list(lives)
         clock, stop = Clock(), threading.Event()
         flushers = [Flusher(sink, on_report=lambda r: None, on_retry=lambda e: None) for _ in range(lanes)]
         loop = ConsumerLoop(
@@ -66,6 +69,7 @@ def harness() -> Iterator[
             flush_interval_ms=interval_ms,
             max_buffered_events=bound,
             shutdown_deadline_s=5,
+            topic_id=topic_id,
             clock=clock,
         )
         thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
@@ -281,3 +285,23 @@ def test_the_poll_waits_only_until_the_soonest_batch_is_due(harness: Any) -> Non
     sink.gate.set()
     wait_for(lambda: sum(b.size for b in sink.batches) == 2)
     assert [b.size for b in sink.batches] == [1, 1]
+
+
+def test_a_new_topic_id_at_assignment_is_a_new_life_read_from_its_first_offsets(harness: Any) -> None:
+    consumer, sink, _clock, _stop, _loop = harness(
+        max_batch=2, stored={0: 10, 1: 5}, topic_id=lambda: "B", lives=("A",)
+    )
+    wait_for(lambda: len(consumer.assigned) == 2)
+    assert sink.lives == ["A", "B"] and sink.stored == {}  # the old life's positions are gone
+    assert {tp.partition: tp.offset for tp in consumer.assigned} == {0: OFFSET_BEGINNING, 1: OFFSET_BEGINNING}
+    with consumer.lock:
+        consumer.queue.extend(FakeMessage(order(i), 0, i) for i in range(2))
+    wait_for(lambda: len(sink.batches) == 1)
+    assert sink.batches[0].life == 2
+
+
+def test_the_same_topic_id_keeps_the_life_and_its_offsets(harness: Any) -> None:
+    consumer, sink, _clock, _stop, _loop = harness(stored={1: 42}, topic_id=lambda: "A", lives=("A",))
+    wait_for(lambda: len(consumer.assigned) == 2)
+    assert sink.lives == ["A"]
+    assert {tp.partition: tp.offset for tp in consumer.assigned}[1] == 42

@@ -26,15 +26,14 @@ def test_every_design_column_of_an_exported_table_is_in_the_spec_or_lineage() ->
     assert set(design) == {spec.table for spec in TABLES}
 
 
-def test_append_tables_are_unique_per_message_of_a_topic() -> None:
+def test_append_tables_are_unique_per_message_of_a_topic_life() -> None:
     text = "\n".join(m.sql for m in load_migrations())
+    identity = "(src_topic, src_life, src_partition, src_offset)"
     for spec in TABLES:
-        unique = f"ADD CONSTRAINT {spec.table}_src_key UNIQUE (src_topic, src_partition, src_offset)" in text
+        unique = f"ADD CONSTRAINT {spec.table}_src_key UNIQUE {identity}" in text
         assert unique == (spec.mode is WriteMode.APPEND), spec.table
         if spec.mode is WriteMode.APPEND:
-            assert (
-                "ON CONFLICT (src_topic, src_partition, src_offset) DO NOTHING" in statements_for(spec).apply
-            )
+            assert f"ON CONFLICT {identity} DO NOTHING" in statements_for(spec).apply
 
 
 def test_foreign_keys_match_the_parent_definitions() -> None:

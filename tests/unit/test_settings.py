@@ -67,6 +67,7 @@ def test_environment_overrides_every_documented_variable() -> None:
         ({"PME_DB_STATEMENT_TIMEOUT_MS": "a minute"}, "PME_DB_STATEMENT_TIMEOUT_MS"),
         ({"PME_LIVENESS_MAX_STALL_S": "0"}, "PME_LIVENESS_MAX_STALL_S"),
         ({"PME_LIVENESS_MAX_STALL_S": "inf"}, "PME_LIVENESS_MAX_STALL_S"),
+        ({"PME_TOPIC_RECREATED": "ignore"}, "PME_TOPIC_RECREATED"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
