@@ -45,13 +45,13 @@ from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from pme_exporter.buffers import Batch, InMemoryMessage
-from pme_exporter.consumer import consumer_config
 from pme_exporter.decode import Decoder, copy_fields
 from pme_exporter.devtools.databases import create_database
 from pme_exporter.devtools.generator import create_topic, publish, trading_day
 from pme_exporter.devtools.stack import exporter_env as worker_env
 from pme_exporter.devtools.stack import servers_env
 from pme_exporter.errors import DecodeError
+from pme_exporter.kafka_config import consumer_config
 from pme_exporter.migrate import migrate
 from pme_exporter.progress import read_stored_offsets
 from pme_exporter.schema import FLUSH_ORDER

@@ -16,9 +16,10 @@ from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import conninfo_to_dict
 
 from pme_exporter.breaker import DeadLetterBreaker
-from pme_exporter.consumer import KAFKA_LOG, ConsumerLoop, KafkaErrorPolicy, consumer_config
+from pme_exporter.consumer import ConsumerLoop, KafkaErrorPolicy
 from pme_exporter.errors import ConfigError, KafkaFatalError, Stopped, is_retryable, retry_reason
 from pme_exporter.flusher import Flusher, close_all
+from pme_exporter.kafka_config import KAFKA_LOG, consumer_config
 from pme_exporter.metrics import HealthServer, Metrics
 from pme_exporter.migrate import migrate
 from pme_exporter.schema import live_column_types

@@ -564,7 +564,7 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
         if not (args.command == "report" and args.list):  # needs no connection, so no files
             settings.check_files()
         if args.command in ("config", "run") and settings.kafka_extra:
-            from pme_exporter.consumer import check_kafka_properties
+            from pme_exporter.kafka_config import check_kafka_properties
 
             check_kafka_properties(settings.kafka_config())
         if args.command == "config":

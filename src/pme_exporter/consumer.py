@@ -31,23 +31,20 @@ from confluent_kafka import (
     OFFSET_INVALID,
     Consumer,
     KafkaError,
-    KafkaException,
     TopicPartition,
 )
 
 from pme_exporter.breaker import DeadLetterFlood
 from pme_exporter.buffers import Batch
 from pme_exporter.decode import DEFAULT_MAX_MESSAGE_BYTES, Decoder
-from pme_exporter.errors import ConfigError, KafkaFatalError, RetryableError, retry_reason
+from pme_exporter.errors import KafkaFatalError, RetryableError, retry_reason
 from pme_exporter.flusher import Flusher, FlushFailed
+from pme_exporter.kafka_config import KAFKA_LOG
 from pme_exporter.metrics import Metrics
 from pme_exporter.progress import CarryPolicy, PartitionProgress, TopicRecreated
-from pme_exporter.settings import RDKAFKA_PREFIX
 from pme_exporter.sink import Sink
 
 log = logging.getLogger(__name__)
-# librdkafka's own log lines (its `logger` setting) and client errors: rate-limited (app.py).
-KAFKA_LOG = logging.getLogger("pme_exporter.kafka")
 
 _POLL_TIMEOUT_S = 0.1
 # How often a lane whose batch is due, but whose previous flush still runs, looks again:
@@ -123,50 +120,6 @@ class KafkaErrorPolicy:
         since = self._topic_missing_since
         if since is not None and self._clock() - since >= self._topic_wait_s:
             raise KafkaFatalError(f"the topic has been missing for {self._clock() - since:.0f}s")
-
-
-PREFETCH_DEFAULTS: dict[str, Any] = {
-    # librdkafka's prefetch was most of our memory. A fetched chunk stays
-    # allocated until every message in it is gone, and a queue is counted in
-    # compressed bytes, so smaller fetches bound memory more than a smaller
-    # queue does. Small queues were slow only while a full one postponed the
-    # next fetch by fetch.queue.backoff.ms (1000 ms by default). Measured on a
-    # 1M-event, 6-partition lz4 backlog (events/s, peak RSS; pairs from one
-    # run): 8 MB queue, 1 MB fetches and 60000 buffered events 51.7k / 270 MB
-    # and 57.6k / 270 MB; 4 MB, 256 kB and 30000 53.4k / 159 MB and 61.1k /
-    # 159 MB. 256 kB fetches alone took 263 MB to 189-193 MB; 128 kB ones were
-    # slower (44k) and no smaller.
-    "queued.min.messages": 100_000,
-    "queued.max.messages.kbytes": 4_096,
-    "max.partition.fetch.bytes": 262_144,
-    "fetch.queue.backoff.ms": 20,
-    "fetch.wait.max.ms": 100,
-}
-
-
-def consumer_config(base: dict[str, Any]) -> dict[str, Any]:
-    return {
-        # Prefetch tuning: defaults an operator may override (PME_RDKAFKA_*).
-        **PREFETCH_DEFAULTS,
-        **base,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "cooperative-sticky",
-        "logger": KAFKA_LOG,
-    }
-
-
-def check_kafka_properties(config: dict[str, Any]) -> None:
-    """librdkafka's own judgement of a configuration (names and values), without connecting:
-    a client with no bootstrap servers is built and closed. Raises ConfigError."""
-    probe = {k: v for k, v in consumer_config(config).items() if k != "bootstrap.servers"}
-    try:
-        Consumer(probe).close()
-    except KafkaException as exc:
-        raise ConfigError(
-            f"{RDKAFKA_PREFIX}*: librdkafka refused the settings: {exc.args[0].str()}"
-        ) from None
 
 
 @dataclass

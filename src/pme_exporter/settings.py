@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pme_exporter.errors import ConfigError
+from pme_exporter.kafka_config import CALLBACKS, GUARANTEES, RDKAFKA_PREFIX
 
 T = TypeVar("T")
 
@@ -224,23 +225,8 @@ class Settings:
 
     def kafka_config(self) -> dict[str, Any]:
         """librdkafka settings for the consumer; the caller adds callbacks."""
-        config: dict[str, Any] = {
-            "bootstrap.servers": self.kafka_url,
-            "group.id": self.kafka_group_id,
-            "security.protocol": self.kafka_security_protocol,
-            "session.timeout.ms": self.kafka_session_timeout_ms,
-        }
-        optional = {
-            "group.instance.id": self.kafka_group_instance_id,
-            "sasl.mechanism": self.kafka_sasl_mechanism,
-            "sasl.username": self.kafka_sasl_username,
-            "sasl.password": self.kafka_sasl_password,
-            "ssl.ca.location": self.kafka_ssl_ca_location,
-            "ssl.certificate.location": self.kafka_ssl_certificate_location,
-            "ssl.key.location": self.kafka_ssl_key_location,
-            "ssl.key.password": self.kafka_ssl_key_password,
-        }
-        config.update({k: v for k, v in optional.items() if v is not None})
+        config = {prop: getattr(self, attr) for prop, _, attr in KAFKA_PROPERTIES}
+        config = {prop: value for prop, value in config.items() if value is not None}
         config.update(self.kafka_extra)
         return config
 
@@ -391,22 +377,24 @@ _TOOL_VARIABLES = frozenset(
 )
 
 
-RDKAFKA_PREFIX = "PME_RDKAFKA_"
-# Set by the exporter itself (consumer.consumer_config, kafka_config): passing them
-# through would change what the exporter's guarantees rest on.
-_MANAGED_KAFKA = frozenset(
-    {
-        "bootstrap.servers",
-        "group.id",
-        "group.instance.id",
-        "enable.auto.commit",
-        "enable.auto.offset.store",
-        "auto.offset.reset",
-        "partition.assignment.strategy",
-        "error_cb",
-        "logger",
-    }
+# librdkafka properties built from first-class variables: (property, variable, attribute).
+# With kafka_config.GUARANTEES and its callbacks, the properties the exporter manages:
+# a pass-through of one of them is refused, naming the variable that sets it.
+KAFKA_PROPERTIES: tuple[tuple[str, str, str], ...] = (
+    ("bootstrap.servers", "KAFKA_URL", "kafka_url"),
+    ("group.id", "PME_GROUP_ID", "kafka_group_id"),
+    ("security.protocol", "KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol"),
+    ("session.timeout.ms", "PME_KAFKA_SESSION_TIMEOUT_MS", "kafka_session_timeout_ms"),
+    ("group.instance.id", "PME_GROUP_INSTANCE_ID", "kafka_group_instance_id"),
+    ("sasl.mechanism", "KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism"),
+    ("sasl.username", "KAFKA_SASL_USERNAME", "kafka_sasl_username"),
+    ("sasl.password", "KAFKA_SASL_PASSWORD", "kafka_sasl_password"),
+    ("ssl.ca.location", "KAFKA_SSL_CA_LOCATION", "kafka_ssl_ca_location"),
+    ("ssl.certificate.location", "KAFKA_SSL_CERTIFICATE_LOCATION", "kafka_ssl_certificate_location"),
+    ("ssl.key.location", "KAFKA_SSL_KEY_LOCATION", "kafka_ssl_key_location"),
+    ("ssl.key.password", "KAFKA_SSL_KEY_PASSWORD", "kafka_ssl_key_password"),
 )
+_SET_BY = {prop: variable for prop, variable, _ in KAFKA_PROPERTIES}
 _SECRET_WORDS = ("password", "secret", "pem", "oauthbearer.config", "token", "key")
 
 
@@ -428,7 +416,12 @@ def _kafka_pass_through(env: Mapping[str, str]) -> dict[str, str]:
         _check(
             bool(name) and name.replace(".", "").isalnum(), variable, "does not name a librdkafka property"
         )
-        _check(name not in _MANAGED_KAFKA, variable, f"{name} is set by the exporter itself")
+        _check(name not in _SET_BY, variable, f"{name} is set by {_SET_BY.get(name)}; set that instead")
+        _check(
+            name not in GUARANTEES and name not in CALLBACKS,
+            variable,
+            f"{name} is set by the exporter itself (its delivery guarantees rest on it)",
+        )
         extra[name] = value
     return extra
 

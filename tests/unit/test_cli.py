@@ -212,3 +212,11 @@ def test_replay_times_are_rfc3339_in_either_case_and_must_exist() -> None:
     assert _instant("2025-11-28t02:00:00z") == _instant("2025-11-28T09:00:00+07:00") == 1764295200000
     with pytest.raises(argparse.ArgumentTypeError, match="not a date that exists"):
         _instant("2025-02-30T00:00:00Z")
+
+
+def test_a_pass_through_of_the_session_timeout_is_a_config_error_naming_its_variable() -> None:
+    env = {"PATH": "/usr/bin:/bin", "PME_RDKAFKA_SESSION_TIMEOUT_MS": "1000"}
+    done = run_cli("config", env=env)
+    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert "PME_KAFKA_SESSION_TIMEOUT_MS" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -11,8 +11,9 @@ import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from pme_exporter.consumer import PREFETCH_DEFAULTS, ConsumerLoop, consumer_config
+from pme_exporter.consumer import ConsumerLoop
 from pme_exporter.flusher import Flusher
+from pme_exporter.kafka_config import PREFETCH_DEFAULTS, consumer_config
 from pme_exporter.metrics import Metrics
 from pme_exporter.settings import Settings
 from tests.fakes import FakeConsumer, FakeMessage, MemorySink

@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from pme_exporter import settings as settings_module
 from pme_exporter.errors import ConfigError
+from pme_exporter.kafka_config import GUARANTEES
 from pme_exporter.settings import ENVIRONMENT_VARIABLES, Settings, described, unknown_variables
 
 
@@ -203,7 +205,8 @@ def test_librdkafka_properties_pass_through_and_secrets_stay_hidden() -> None:
     ("variable", "says"),
     [
         ("PME_RDKAFKA_ENABLE_AUTO_COMMIT", "enable.auto.commit is set by the exporter itself"),
-        ("PME_RDKAFKA_GROUP_ID", "group.id is set by the exporter itself"),
+        ("PME_RDKAFKA_GROUP_ID", "group.id is set by PME_GROUP_ID; set that instead"),
+        ("PME_RDKAFKA_LOGGER", "logger is set by the exporter itself"),
         ("PME_RDKAFKA_", "does not name a librdkafka property"),
         ("PME_RDKAFKA_FETCH-MIN", "does not name a librdkafka property"),
     ],
@@ -244,3 +247,21 @@ def test_every_connection_is_bounded_and_speaks_utf8() -> None:
         info = conninfo_to_dict(Settings.from_env(env).conninfo())
         assert info["client_encoding"] == "UTF8"
         assert (info["keepalives"], info["tcp_user_timeout"]) == ("1", "30000")
+
+
+@pytest.mark.parametrize(
+    ("prop", "variable"), [(prop, variable) for prop, variable, _ in settings_module.KAFKA_PROPERTIES]
+)
+def test_a_pass_through_of_a_property_a_variable_sets_names_that_variable(prop: str, variable: str) -> None:
+    passed = "PME_RDKAFKA_" + prop.upper().replace(".", "_")
+    with pytest.raises(
+        ConfigError, match=re.escape(f"{passed}: {prop} is set by {variable}; set that instead")
+    ):
+        Settings.from_env({passed: "1000"})
+
+
+@pytest.mark.parametrize("prop", sorted(GUARANTEES))
+def test_a_pass_through_of_a_guarantee_is_refused(prop: str) -> None:
+    passed = "PME_RDKAFKA_" + prop.upper().replace(".", "_")
+    with pytest.raises(ConfigError, match=re.escape(f"{passed}: {prop} is set by the exporter itself")):
+        Settings.from_env({passed: "x"})
