@@ -2,7 +2,7 @@
 
 SIGTERM and SIGINT only set a flag from the first instant: the handlers are
 installed here, before the imports of the program proper (about 0.2 s), so a
-stop asked for while the worker starts ends it with exit 0, not the signal's 143.
+stop asked for while the worker starts ends it cleanly (``EXIT_OK``), never by the signal.
 """
 
 from __future__ import annotations

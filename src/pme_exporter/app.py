@@ -20,13 +20,14 @@ from pme_exporter.consumer import ConsumerLoop, KafkaErrorPolicy
 from pme_exporter.errors import ConfigError, KafkaFatalError, Stopped, is_retryable, retry_reason
 from pme_exporter.flusher import Flusher, close_all
 from pme_exporter.kafka_config import KAFKA_LOG, consumer_config
+from pme_exporter.logs import ledger_log
 from pme_exporter.metrics import HealthServer, Metrics
 from pme_exporter.migrate import migrate
 from pme_exporter.schema import live_column_types
 from pme_exporter.settings import Settings
 from pme_exporter.sink import FlushReport, PostgresSink, count_outcomes
 
-log = logging.getLogger("pme_exporter")
+log = ledger_log(logging.getLogger("pme_exporter"))
 T = TypeVar("T")
 
 # A server that answers but refuses us (wrong password, no such database) is a
@@ -125,7 +126,7 @@ def wait_for_kafka(settings: Settings, stop: threading.Event) -> None:
                 raise KafkaFatalError(
                     f"no Kafka broker at {settings.kafka_url} answered for {waited:.0f}s: {cause}"
                 ) from None
-            KAFKA_LOG.warning("[DB-EXPORTER] Kafka not reachable yet, retrying: %s", cause)
+            ledger_log(KAFKA_LOG).warning("Kafka not reachable yet, retrying: %s", cause)
         if stop.wait(1.0):
             raise Stopped("stopped while waiting for Kafka")
 
@@ -153,7 +154,7 @@ def migrate_with_retry(settings: Settings, stop: threading.Event) -> list[str]:
             if _interruptible(lambda: server_answers(conninfo), stop, "the database"):
                 if refused_since is None:
                     refused_since = now
-                    log.error("[DB-EXPORTER] The database refused the connection: %s", cause)
+                    log.error("The database refused the connection: %s", cause)
                 if now - refused_since >= REFUSED_GRACE_S:
                     raise ConfigError(f"the database refused the connection: {cause}") from exc
             else:
@@ -162,7 +163,7 @@ def migrate_with_retry(settings: Settings, stop: threading.Event) -> list[str]:
                     raise
                 if now - logged_at >= _LOG_EVERY_S:
                     logged_at = now
-                    log.warning("[DB-EXPORTER] Database not reachable yet, retrying: %s", cause)
+                    log.warning("Database not reachable yet, retrying: %s", cause)
         if stop.wait(delay):
             raise Stopped("stopped while waiting for the database")
         delay = min(delay * 2, 5.0)
@@ -262,16 +263,16 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
     metrics = metrics or Metrics()
     if stop.is_set():
         raise Stopped("stopped before start-up")
-    log.info("[DB-EXPORTER] Starting Database Exporter Service...")
+    log.info("Starting Database Exporter Service...")
     log.info(
-        "[DB-EXPORTER] Kafka: %s, topic %s, group %s",
+        "Kafka: %s, topic %s, group %s",
         settings.kafka_url,
         settings.kafka_topic,
         settings.kafka_group_id,
     )
-    log.info("[DB-EXPORTER] Database: %s", settings.db_target())
+    log.info("Database: %s", settings.db_target())
     applied = migrate_with_retry(settings, stop)
-    log.info("[DB-EXPORTER] Database schema ready (%d migrations applied now)", len(applied))
+    log.info("Database schema ready (%d migrations applied now)", len(applied))
     wait_for_kafka(settings, stop)
     # Values are judged against the column types as they are now; after altering a
     # column, restart the workers (and redrive what the old type refused).
@@ -295,7 +296,7 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         totals = count_outcomes(report)
         log.log(
             logging.INFO if report.events or totals["adopted"] else logging.DEBUG,
-            "[DB-EXPORTER] Flushed %d events in %.0f ms (copy %.0f, upsert %.0f, commit %.0f): "
+            "Flushed %d events in %.0f ms (copy %.0f, upsert %.0f, commit %.0f): "
             "%d inserted, %d updated, %d stale, %d duplicate, %d carried, %d parked, %d adopted, "
             "%d dead letters",
             report.events,
@@ -376,9 +377,9 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
                 f"PME_METRICS_PORT: cannot listen on port {settings.metrics_port}: {exc.strerror}"
             ) from exc
         health.start()
-        log.info("[DB-EXPORTER] Metrics and probes on :%d (/metrics, /healthz, /readyz)", health.port)
+        log.info("Metrics and probes on :%d (/metrics, /healthz, /readyz)", health.port)
     tune_gc()
-    log.info("[DB-EXPORTER] Database Exporter Service started")
+    log.info("Database Exporter Service started")
     try:
         loop.run(stop)
     finally:
@@ -388,4 +389,4 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         sink.close(timeout_s=0.5)
         if health is not None:
             health.close()
-        log.info("[DB-EXPORTER] Database Exporter Service stopped")
+        log.info("Database Exporter Service stopped")

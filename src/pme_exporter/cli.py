@@ -1,10 +1,5 @@
-"""``pme-exporter run | migrate | report | status | dead-letters | config | healthcheck | demo``.
-
-Exit codes (errors.EXIT_*, README "Configuration"): 0 ok, 2 usage,
-3 configuration (including a database that refuses the connection), 4 database
-unreachable, 5 Kafka refused the worker, 6 migration, 7 status over a threshold,
-8 replay refused (workers active, or not confirmed), 1 anything else.
-"""
+"""``pme-exporter run | migrate | report | status | dead-letters | replay | retention | verify |
+config | healthcheck | demo``. Exit codes: ``errors.EXITS`` and the ``EXIT_*`` constants."""
 
 from __future__ import annotations
 
@@ -17,22 +12,18 @@ import re
 import signal
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from types import FrameType
 
-import orjson
 import psycopg
 
 from pme_exporter import __version__, reports
 from pme_exporter.decode import TIMESTAMP_TEXT
 from pme_exporter.errors import (
     EXIT_CONFIG,
-    EXIT_DATABASE,
     EXIT_FAILURE,
-    EXIT_KAFKA,
     EXIT_MIGRATION,
     EXIT_MISMATCH,
     EXIT_OK,
@@ -40,12 +31,10 @@ from pme_exporter.errors import (
     EXIT_THRESHOLD,
     EXIT_USAGE,
     ConfigError,
-    KafkaFatalError,
-    MigrationError,
     Stopped,
-    VerifyError,
+    exit_for,
 )
-from pme_exporter.quietlog import RateLimit
+from pme_exporter.logs import configure_logging, ledger_log
 from pme_exporter.retention import RETAINED
 from pme_exporter.schema import BY_TABLE
 from pme_exporter.settings import Settings, described, unknown_variables
@@ -53,7 +42,6 @@ from pme_exporter.settings import Settings, described, unknown_variables
 log = logging.getLogger("pme_exporter")
 
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-KAFKA_LOG_INTERVAL_S = 60.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,10 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="consume the ledger topic and keep PostgreSQL in step (the worker)")
     sub.add_parser("migrate", help="apply the SQL migrations in sql/ and exit")
     sub.add_parser(
-        "config", help="print the effective settings, secrets hidden; exit 3 if any setting is invalid"
+        "config",
+        help=f"print the effective settings, secrets hidden; exit {EXIT_CONFIG} if any setting is invalid",
     )
     sub.add_parser(
-        "healthcheck", help="exit 0 if /healthz on PME_METRICS_PORT answers 200, else 1 (container probes)"
+        "healthcheck",
+        help=f"exit {EXIT_OK} if /healthz on PME_METRICS_PORT answers 200, else {EXIT_FAILURE} (container probes)",
     )
     status = sub.add_parser(
         "status", help="per partition: Kafka's end, the exported and the committed offset, lag; dead letters"
@@ -276,36 +266,6 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 _positive_int = _int_at_least(1)
 _whole = _int_at_least(0)
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object a line: time, level, logger, message (and the exception, if any)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, str] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(line).decode()
-
-
-def _configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
-        formatter: logging.Formatter = JsonLogFormatter()
-        formatter.converter = time.gmtime
-    else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.log_level_number)
-    # A broker that is away makes librdkafka repeat itself many times a second.
-    logging.getLogger("pme_exporter.kafka").addFilter(RateLimit(KAFKA_LOG_INTERVAL_S))
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
@@ -555,7 +515,7 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
     except ConfigError as exc:
         print(f"pme-exporter: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    _configure_logging(settings)
+    configure_logging(level=settings.log_level_number, json_lines=settings.log_format == "json")
     for name, near in unknown_variables(os.environ):
         log.warning("Unknown variable %s is ignored%s", name, f"; did you mean {near}?" if near else "")
     if args.command == "healthcheck":
@@ -597,27 +557,17 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
 
         run_exporter(settings, stop)
         return EXIT_OK
-    except ConfigError as exc:
-        log.error("configuration error: %s", exc)
-        return EXIT_CONFIG
-    except MigrationError as exc:
-        log.error("migration error: %s", exc)
-        return EXIT_MIGRATION
-    except KafkaFatalError as exc:
-        log.error("[DB-EXPORTER] Kafka: %s", exc)
-        return EXIT_KAFKA
-    except VerifyError as exc:
-        log.error("verify: %s", exc)
-        return EXIT_KAFKA
     except Stopped as exc:
-        log.info("[DB-EXPORTER] %s; nothing was written", exc)
+        ledger_log(log).info("%s; nothing was written", exc)
         return EXIT_OK
-    except psycopg.OperationalError as exc:
-        log.error("database unreachable: %s", exc)
-        return EXIT_DATABASE
-    except Exception:
-        log.exception("pme-exporter failed")
-        return EXIT_FAILURE
+    except Exception as exc:
+        known = exit_for(exc)
+        if known is None:
+            log.exception("pme-exporter failed")
+            return EXIT_FAILURE
+        code, words = known
+        log.error("%s: %s", words, exc)
+        return code
 
 
 if __name__ == "__main__":

@@ -37,14 +37,15 @@ from confluent_kafka import (
 from pme_exporter.breaker import DeadLetterFlood
 from pme_exporter.buffers import Batch
 from pme_exporter.decode import DEFAULT_MAX_MESSAGE_BYTES, Decoder
-from pme_exporter.errors import KafkaFatalError, RetryableError, retry_reason
+from pme_exporter.errors import FatalError, KafkaFatalError, RetryableError, retry_reason
 from pme_exporter.flusher import Flusher, FlushFailed
 from pme_exporter.kafka_config import KAFKA_LOG
+from pme_exporter.logs import ledger_log
 from pme_exporter.metrics import Metrics
 from pme_exporter.progress import CarryPolicy, PartitionProgress, TopicRecreated
 from pme_exporter.sink import Sink
 
-log = logging.getLogger(__name__)
+log = ledger_log(logging.getLogger(__name__))
 
 _POLL_TIMEOUT_S = 0.1
 # How often a lane whose batch is due, but whose previous flush still runs, looks again:
@@ -59,10 +60,6 @@ _LAG_EVERY_S = 1.0
 _BACKPRESSURE_WAIT_S = 1.0
 _TOPIC_ID_WAIT_S = 30.0
 T = TypeVar("T")
-
-
-class FatalError(Exception):
-    """The loop cannot continue; the process should exit and be restarted."""
 
 
 # Errors no retry cures. A fenced static member reaches error_cb as _FATAL.
@@ -106,9 +103,9 @@ class KafkaErrorPolicy:
         elif err.code() in _TOPIC_MISSING_CODES:
             if self._topic_missing_since is None:
                 self._topic_missing_since = self._clock()
-                log.warning("[DB-EXPORTER] Kafka: the topic is missing (%s); waiting for it", err.str())
+                log.warning("Kafka: the topic is missing (%s); waiting for it", err.str())
         else:
-            KAFKA_LOG.warning("[DB-EXPORTER] Kafka client error: %s", err.str())
+            ledger_log(KAFKA_LOG).warning("Kafka client error: %s", err.str())
 
     def topic_seen(self) -> None:
         self._topic_missing_since = None
@@ -412,7 +409,7 @@ class ConsumerLoop:
         if assignment:
             self._consumer.pause(assignment)
         log.error(
-            "[DB-EXPORTER] Halted by the dead-letter breaker: %s. Nothing of that batch was committed; "
+            "Halted by the dead-letter breaker: %s. Nothing of that batch was committed; "
             "find the cause (see exporter_dead_letters and the flush logs), then restart. "
             "PME_BREAKER_RATIO=1 turns the breaker off.",
             why,
@@ -466,7 +463,7 @@ class ConsumerLoop:
         self._progress.assign(numbers, stored)
         lanes = {lane.index: sorted(lane.partitions) for lane in self._lanes}
         log.info(
-            "[DB-EXPORTER] Assigned partitions %s, resuming at %s%s",
+            "Assigned partitions %s, resuming at %s%s",
             sorted(numbers),
             stored,
             f"; lanes {lanes}" if len(self._lanes) > 1 else "",
@@ -485,7 +482,7 @@ class ConsumerLoop:
                 if self._stop is not None and self._stop.is_set():
                     raise FatalError("stopping while the database was unreachable") from exc
                 self._metrics.db_retries.labels(retry_reason(exc)).inc()
-                log.warning("[DB-EXPORTER] %s failed, retrying: %s", what, exc)
+                log.warning("%s failed, retrying: %s", what, exc)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -507,7 +504,7 @@ class ConsumerLoop:
             ) from None
         if life.previous_id is not None:
             log.warning(
-                "[DB-EXPORTER] The topic %s was deleted and created again (topic ID %s, was %s): "
+                "The topic %s was deleted and created again (topic ID %s, was %s): "
                 "exporting its life %d from its first offsets",
                 self._topic,
                 life.topic_id,
@@ -533,7 +530,7 @@ class ConsumerLoop:
                     self._stop is not None and self._stop.is_set()
                 ):
                     raise FatalError(f"the topic's ID could not be read from Kafka: {exc}") from exc
-                log.warning("[DB-EXPORTER] Reading the topic's ID failed, retrying: %s", exc)
+                log.warning("Reading the topic's ID failed, retrying: %s", exc)
                 time.sleep(1.0)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -544,14 +541,12 @@ class ConsumerLoop:
             try:
                 drained = self._drain(self._shutdown_deadline)
             except FatalError as exc:
-                log.error("[DB-EXPORTER] %s", exc)
+                log.error("%s", exc)
                 drained = False
             if drained:
-                log.info("[DB-EXPORTER] Revoked partitions %s after flushing", numbers)
+                log.info("Revoked partitions %s after flushing", numbers)
             else:
-                log.warning(
-                    "[DB-EXPORTER] Gave up partitions %s with writes left for the next owner", numbers
-                )
+                log.warning("Gave up partitions %s with writes left for the next owner", numbers)
             self._progress.revoke(numbers)
             self._unplace(numbers)
             return
@@ -565,7 +560,7 @@ class ConsumerLoop:
         self._unplace(numbers)
         for p in numbers:
             self._forget_lag(p)
-        log.info("[DB-EXPORTER] Revoked partitions %s after flushing", numbers)
+        log.info("Revoked partitions %s after flushing", numbers)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost, not revoked: another member may own them already. Drop what we
@@ -577,7 +572,7 @@ class ConsumerLoop:
         self._unplace(numbers)
         for p in numbers:
             self._forget_lag(p)
-        log.warning("[DB-EXPORTER] Lost partitions %s; dropped the unflushed buffer", numbers)
+        log.warning("Lost partitions %s; dropped the unflushed buffer", numbers)
 
     # -- lag ------------------------------------------------------------------
     def _forget_lag(self, partition: int) -> None:
@@ -603,11 +598,11 @@ class ConsumerLoop:
         deadline = self._shutdown_deadline = self._clock() + self._deadline_s
         try:
             if self.halted is None and not self._drain(deadline):
-                log.warning("[DB-EXPORTER] Shutdown deadline passed; unflushed events will be read again")
+                log.warning("Shutdown deadline passed; unflushed events will be read again")
                 for lane in self._lanes:
                     lane.flusher.abandon()
         except FatalError as exc:
-            log.error("[DB-EXPORTER] %s", exc)
+            log.error("%s", exc)
         committed = [TopicPartition(self._topic, p, o) for p, o in self._progress.committable().items()]
         if committed:
             try:

@@ -113,8 +113,30 @@ def is_retryable(exc: BaseException) -> bool:
     return state in _RETRYABLE_CODES or state[:2] in _RETRYABLE_CLASSES
 
 
-class VerifyError(Exception):
+class VerifyError(ExporterError):
     """``verify`` could not read what Kafka says it holds; the CLI exits with ``EXIT_KAFKA``."""
+
+
+class FatalError(ExporterError):
+    """The worker cannot go on (a batch given up, a rebalance that could not flush); the process
+    exits with ``EXIT_FAILURE`` and is restarted; nothing uncommitted is lost."""
+
+
+# How each failure ends the process: its exit code and the words its one log line starts with.
+# The first entry whose type matches wins; anything else is a bug: EXIT_FAILURE with its traceback.
+EXITS: tuple[tuple[type[BaseException], int, str], ...] = (
+    (ConfigError, EXIT_CONFIG, "configuration error"),
+    (MigrationError, EXIT_MIGRATION, "migration error"),
+    (KafkaFatalError, EXIT_KAFKA, "Kafka"),
+    (VerifyError, EXIT_KAFKA, "verify"),
+    (psycopg.OperationalError, EXIT_DATABASE, "database unreachable"),
+    (FatalError, EXIT_FAILURE, "stopped"),
+)
+
+
+def exit_for(exc: BaseException) -> tuple[int, str] | None:
+    """The exit code and the words of the log line for ``exc``; None for an unforeseen error."""
+    return next(((code, words) for kind, code, words in EXITS if isinstance(exc, kind)), None)
 
 
 class ValueRefused(DecodeError):

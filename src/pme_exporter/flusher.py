@@ -22,9 +22,10 @@ from tenacity.stop import stop_base
 
 from pme_exporter.buffers import Batch
 from pme_exporter.errors import is_retryable
+from pme_exporter.logs import ledger_log
 from pme_exporter.sink import FlushReport, Sink
 
-log = logging.getLogger(__name__)
+log = ledger_log(logging.getLogger(__name__))
 
 
 class FlushFailed(Exception):
@@ -146,7 +147,7 @@ class Flusher:
             self.retrying_since = time.monotonic()
         if exc is not None:
             self._on_retry(exc)
-            log.warning("[DB-EXPORTER] Database write failed, retrying: %s", exc)
+            log.warning("Database write failed, retrying: %s", exc)
 
 
 def close_all(flushers: Sequence[Flusher], timeout_s: float) -> None:

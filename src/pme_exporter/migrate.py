@@ -20,8 +20,9 @@ from typing import Any
 import psycopg
 
 from pme_exporter.errors import ConfigError, MigrationError, is_retryable
+from pme_exporter.logs import ledger_log
 
-log = logging.getLogger(__name__)
+log = ledger_log(logging.getLogger(__name__))
 
 # pg_advisory_lock key: "pme-exporter migrations", stable across releases.
 _LOCK_KEY = 0x706D_655F_6D69_67
@@ -101,7 +102,7 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
                         f"migration {m.version}_{m.name}.sql was refused and changed nothing: "
                         f"{_server_message(exc)}"
                     ) from exc
-                log.info("[DB-EXPORTER] Applied migration %s_%s", m.version, m.name)
+                log.info("Applied migration %s_%s", m.version, m.name)
                 applied_now.append(m.version)
             _grant(conn, directory or sql_dir())
         finally:
@@ -138,7 +139,7 @@ def _grant(conn: psycopg.Connection[Any], directory: Path) -> None:
 
 
 def _log_notice(diagnostic: psycopg.errors.Diagnostic) -> None:
-    log.info("[DB-EXPORTER] Migration: %s", diagnostic.message_primary)
+    log.info("Migration: %s", diagnostic.message_primary)
 
 
 def _server_message(exc: psycopg.Error) -> str:

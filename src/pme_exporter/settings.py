@@ -94,13 +94,13 @@ class Settings:
     # window of messages dead-lettered for one reason halts the worker; 1 turns it off.
     breaker_window: int = 1_000
     breaker_ratio: float = 0.25
-    # A subscribed topic that does not exist for this long is fatal (exit 5).
+    # A subscribed topic that does not exist for this long is fatal (EXIT_KAFKA).
     topic_wait_s: float = 60.0
     # A topic deleted and created again under the same name (a new topic ID): "restart"
-    # exports its new life from its first offset; "stop" exits 5 for an operator to decide.
+    # exports its new life from its first offset; "stop" ends the worker (EXIT_KAFKA) for an operator to decide.
     topic_recreated: str = "restart"
-    # At start-up, how long to wait for a Kafka broker to answer before exit 5,
-    # and for an unreachable database before exit 4.
+    # At start-up, how long to wait for a Kafka broker to answer before EXIT_KAFKA,
+    # and for an unreachable database before EXIT_DATABASE.
     kafka_startup_wait_s: float = 60.0
     db_startup_wait_s: float = 60.0
     # librdkafka properties passed through as they are (PME_RDKAFKA_<NAME>); may hold secrets.

@@ -39,12 +39,13 @@ from pme_exporter.breaker import DeadLetterBreaker
 from pme_exporter.buffers import Batch, DeadLetter, Orphan, TableRows, dead_letter_for
 from pme_exporter.decode import Decoder
 from pme_exporter.errors import RetryableError, is_retryable, is_row_error
+from pme_exporter.logs import ledger_log
 from pme_exporter.progress import TopicLife, enter_topic_life, read_stored_offsets
 from pme_exporter.schema import FLUSH_ORDER, PARKED_PARENT_COLUMNS, TableSpec, WriteMode
 from pme_exporter.sqlgen import TableStatements, adopt_parked_statement, staging_table, statements_for
 from pme_exporter.watchdog import ConnectionWatchdog
 
-log = logging.getLogger("pme_exporter")
+log = ledger_log(logging.getLogger("pme_exporter"))
 
 
 @dataclass
@@ -246,7 +247,7 @@ class PostgresSink:
 
     def _cut_off(self, pid: int, backend_start: Any, waited_s: float, what: str) -> None:
         log.warning(
-            "[DB-EXPORTER] The database has not answered for %.0fs while %s (server process %d); "
+            "The database has not answered for %.0fs while %s (server process %d); "
             "dropping the connection and reconnecting",
             waited_s,
             what,
@@ -266,9 +267,7 @@ class PostgresSink:
             conn.commit()
             self._cut.pop(0)
             if row and row[0]:
-                log.info(
-                    "[DB-EXPORTER] Ended server process %d of a dropped connection, releasing its locks", pid
-                )
+                log.info("Ended server process %d of a dropped connection, releasing its locks", pid)
 
     def ping(self) -> None:
         # Its own short-lived connection: a probe must answer within seconds, and

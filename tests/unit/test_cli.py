@@ -187,7 +187,7 @@ def test_librdkafka_judges_pass_through_properties_before_anything_runs(
 def test_json_log_lines_carry_time_level_logger_message_and_exception() -> None:
     import logging
 
-    from pme_exporter.cli import JsonLogFormatter
+    from pme_exporter.logs import JsonLogFormatter
 
     try:
         raise ValueError("boom")

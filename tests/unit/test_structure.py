@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pme_exporter
@@ -61,3 +62,28 @@ def test_every_parent_table_is_flushed_before_its_children() -> None:
             assert parent.table in BY_TABLE and position[parent.table] < position[spec.table], (
                 f"{spec.table} is flushed before its parent {parent.table}"
             )
+
+
+EXIT_NUMBER = re.compile(r"\bexits? (?:code )?\d\b|\bEXIT_[A-Z]+ = \d")
+
+
+def test_exit_codes_are_numbers_in_one_module_only() -> None:
+    found = [
+        f"{path.relative_to(PACKAGE)}:{n}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "errors.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if EXIT_NUMBER.search(line)
+    ]
+    assert found == []
+    assert EXIT_NUMBER.search((PACKAGE / "errors.py").read_text())  # the check sees them where they are
+
+
+def test_the_design_s_log_prefix_is_written_once() -> None:
+    places = [
+        f"{path.relative_to(PACKAGE)}:{n}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "[DB-EXPORTER]" in line
+    ]
+    assert len(places) == 1 and places[0].startswith("logs.py:"), places

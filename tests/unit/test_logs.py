@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from pme_exporter.quietlog import RateLimit
+from pme_exporter.logs import RateLimit
 
 
 class Clock:
