@@ -10,7 +10,7 @@ Lanes: each flusher is a lane that owns a share of the assigned partitions
 is flushed on its own (N events, T ms, or once idle and a linger old) and no
 batch passes N. A partition's offsets are committed after its lane commits.
 
-Offsets: ``exporter_offsets`` in PostgreSQL is the truth, written in the
+Offsets: the offsets stored in PostgreSQL (``progress``) are the truth, written in the
 flush's own transaction; on assignment the consumer seeks there, so a crash
 between the database commit and the Kafka commit replays nothing. Kafka
 commits follow each flush for the benefit of lag tooling.
@@ -553,7 +553,7 @@ class ConsumerLoop:
         # Every lane is drained, not only the revoked partitions' lanes: a lane's batch
         # may hold children of their parents, and a drain is rare and short.
         if not self._drain(self._clock() + self._deadline_s):
-            # The new owner reads from exporter_offsets, so nothing is lost; but our
+            # The new owner reads from the stored offsets, so nothing is lost; but our
             # buffer may mix partitions we keep, so restart cleanly rather than guess.
             raise FatalError(f"could not flush before giving up partitions {numbers}")
         self._progress.revoke(numbers)
@@ -564,7 +564,7 @@ class ConsumerLoop:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost, not revoked: another member may own them already. Drop what we
-        # hold; it is not committed, and the owner re-reads it from exporter_offsets.
+        # hold; it is not committed, and the owner re-reads it from the stored offsets.
         numbers = sorted(tp.partition for tp in partitions)
         for lane in self._lanes:
             lane.batch = self._new_batch()

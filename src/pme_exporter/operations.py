@@ -2,7 +2,7 @@
 
 Contracts:
 - ``status`` reads Kafka (end offsets, the group's committed offsets, the time
-  of the oldest message not yet exported) and PostgreSQL (``exporter_offsets``,
+  of the oldest message not yet exported) and PostgreSQL (the stored offsets,
   dead letters, parked children); it writes nothing and is safe beside
   running workers.
 - ``dead_letters`` selects by stage, reason, table and age, bound as parameters.
@@ -13,7 +13,7 @@ Contracts:
   the rest stay, and the outcome of each is returned.
 - ``replay`` makes the next run read again from a point: it refuses while
   members of the workers' group are active (unless forced; the CLI asks), and
-  sets ``exporter_offsets`` down to that point in one transaction (emptying the
+  sets the stored offsets down to that point in one transaction (emptying the
   ledger tables first for a full rebuild).
 """
 
@@ -31,7 +31,7 @@ from psycopg import sql
 
 from pme_exporter.buffers import Batch, InMemoryMessage
 from pme_exporter.decode import Decoder
-from pme_exporter.progress import CarryPolicy, read_stored_offsets
+from pme_exporter.progress import CarryPolicy, last_saved_at, read_stored_offsets, set_stored_offsets
 from pme_exporter.schema import TABLES, live_column_types
 from pme_exporter.settings import Settings
 from pme_exporter.sink import PostgresSink
@@ -41,7 +41,7 @@ from pme_exporter.sink import PostgresSink
 class PartitionStatus:
     partition: int
     end_offset: int  # Kafka's high watermark: the next offset to be written
-    exported_offset: int | None  # next offset to export, from exporter_offsets
+    exported_offset: int | None  # next offset to export, as stored
     committed_offset: int | None  # the group's committed offset in Kafka
     lag_messages: int
     lag_seconds: float  # now minus the Kafka time of the oldest message not yet exported
@@ -69,10 +69,7 @@ def read_status(settings: Settings, timeout_s: float = 10.0) -> Status:
     status = Status(settings.kafka_topic, settings.kafka_group_id)
     with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
         exported = read_stored_offsets(conn, settings.kafka_topic)
-        row = conn.execute(
-            "SELECT max(updated_at) FROM exporter_offsets WHERE topic = %s", (settings.kafka_topic,)
-        ).fetchone()
-        status.last_flush = row[0] if row else None
+        status.last_flush = last_saved_at(conn, settings.kafka_topic)
         status.dead_letters = {
             f"{stage}/{reason}": int(n)
             for stage, reason, n in conn.execute(
@@ -365,10 +362,4 @@ def apply_replay(settings: Settings, plan: ReplayPlan) -> None:
         elif plan.truncate:
             tables = [spec.table for spec in TABLES] + ["exporter_dead_letters", "exporter_parked_children"]
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, tables))))
-            conn.execute("DELETE FROM exporter_offsets WHERE topic = %s", (plan.topic,))
-        conn.execute(
-            """INSERT INTO exporter_offsets (topic, partition, next_offset)
-               SELECT %s, p, o FROM unnest(%s::int[], %s::bigint[]) AS u(p, o)
-               ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()""",
-            (plan.topic, list(plan.targets), list(plan.targets.values())),
-        )
+        set_stored_offsets(conn, plan.topic, plan.targets, forget_others=plan.truncate and not plan.tables)

@@ -58,6 +58,41 @@ _NEWEST_LIFE = "SELECT life, topic_id FROM exporter_topic_lives WHERE topic = %s
 _RECORD_LIFE = "INSERT INTO exporter_topic_lives (topic, life, topic_id) VALUES (%s, %s, %s)"
 
 
+# Saves a flush's offsets and answers how many children still wait, in one round trip.
+# Offsets belong to the topic's newest life: a batch of an earlier one saves none.
+SAVE_OFFSETS = """
+WITH saved AS (
+    INSERT INTO exporter_offsets (topic, partition, next_offset)
+    SELECT %(topic)s, p, o FROM unnest(%(partitions)s::int[], %(offsets)s::bigint[]) AS u(p, o)
+    WHERE %(life)s >= (SELECT coalesce(max(life), 1) FROM exporter_topic_lives WHERE topic = %(topic)s)
+    ON CONFLICT (topic, partition) DO UPDATE
+    SET next_offset = GREATEST(exporter_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()
+    RETURNING 1
+)
+SELECT count(*) FROM exporter_parked_children"""
+
+
+def last_saved_at(conn: psycopg.Connection[Any], topic: str) -> Any:
+    """When a flush last saved offsets of ``topic`` (None before any did)."""
+    row = conn.execute("SELECT max(updated_at) FROM exporter_offsets WHERE topic = %s", (topic,)).fetchone()
+    return row[0] if row else None
+
+
+def set_stored_offsets(
+    conn: psycopg.Connection[Any], topic: str, targets: Mapping[int, int], *, forget_others: bool
+) -> None:
+    """Sets where the next run reads each partition of ``topic`` from, backwards too (a replay);
+    with ``forget_others`` the partitions not in ``targets`` lose theirs."""
+    if forget_others:
+        conn.execute("DELETE FROM exporter_offsets WHERE topic = %s", (topic,))
+    conn.execute(
+        """INSERT INTO exporter_offsets (topic, partition, next_offset)
+           SELECT %s, p, o FROM unnest(%s::int[], %s::bigint[]) AS u(p, o)
+           ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()""",
+        (topic, list(targets), list(targets.values())),
+    )
+
+
 def current_life(conn: psycopg.Connection[Any], topic: str) -> int:
     """The newest life of ``topic`` the workers recorded (1 before any was)."""
     row = conn.execute(

@@ -2,7 +2,7 @@
 
 Contract of ``Sink.write(batch)``:
 - all or nothing: the batch's rows, its dead letters, its parked children and
-  its ``exporter_offsets`` rows commit together, or nothing does;
+  its stored offsets (``progress``) commit together, or nothing does;
 - a row PostgreSQL refuses (SQLSTATE class 22 or 23) does not fail the batch:
   it is isolated by bisection and written to ``exporter_dead_letters``;
 - a child whose parent is not stored yet is handed back in ``report.carried``
@@ -40,7 +40,7 @@ from pme_exporter.buffers import Batch, DeadLetter, Orphan, TableRows, dead_lett
 from pme_exporter.decode import Decoder
 from pme_exporter.errors import RetryableError, is_retryable, is_row_error
 from pme_exporter.logs import ledger_log
-from pme_exporter.progress import TopicLife, enter_topic_life, read_stored_offsets
+from pme_exporter.progress import SAVE_OFFSETS, TopicLife, enter_topic_life, read_stored_offsets
 from pme_exporter.schema import FLUSH_ORDER, PARKED_PARENT_COLUMNS, TableSpec, WriteMode
 from pme_exporter.sqlgen import TableStatements, adopt_parked_statement, staging_table, statements_for
 from pme_exporter.watchdog import ConnectionWatchdog
@@ -71,7 +71,7 @@ class FlushReport:
     dead_letters: list[DeadLetter] = field(default_factory=list)  # decode and database
     carried: list[Orphan] = field(default_factory=list)
     end_offsets: dict[int, int] = field(default_factory=dict)  # where the batch ended
-    saved_offsets: dict[int, int] = field(default_factory=dict)  # as stored in exporter_offsets
+    saved_offsets: dict[int, int] = field(default_factory=dict)  # as stored (progress.SAVE_OFFSETS)
     parked_waiting: int = 0
     statements: int = 0  # round trips to PostgreSQL for the tables (COPY, apply, savepoints)
     commit_s: float = 0.0
@@ -122,19 +122,6 @@ INSERT INTO exporter_parked_children
     (topic, life, partition, "offset", table_name, {", ".join(PARKED_PARENT_COLUMNS)}, msg_key, msg_value)
 VALUES (%s, %s, %s, %s, %s, {", ".join("%s" for _ in PARKED_PARENT_COLUMNS)}, %s, %s)
 ON CONFLICT (topic, life, partition, "offset") DO NOTHING"""
-
-# Saves the batch's offsets and answers how many children still wait, in one round trip.
-# Offsets belong to the topic's newest life: a batch of an earlier one saves none.
-_SAVE_OFFSETS = """
-WITH saved AS (
-    INSERT INTO exporter_offsets (topic, partition, next_offset)
-    SELECT %(topic)s, p, o FROM unnest(%(partitions)s::int[], %(offsets)s::bigint[]) AS u(p, o)
-    WHERE %(life)s >= (SELECT coalesce(max(life), 1) FROM exporter_topic_lives WHERE topic = %(topic)s)
-    ON CONFLICT (topic, partition) DO UPDATE
-    SET next_offset = GREATEST(exporter_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()
-    RETURNING 1
-)
-SELECT count(*) FROM exporter_parked_children"""
 
 
 # Isolating refused rows: ranges are halved down to this size, then tried row by
@@ -386,7 +373,7 @@ class _Attempt:
                 saved[orphan.partition] = min(saved[orphan.partition], orphan.offset)
             report.saved_offsets = saved
             row = cur.execute(
-                _SAVE_OFFSETS,
+                SAVE_OFFSETS,
                 {
                     "topic": self._topic,
                     "life": batch.life,

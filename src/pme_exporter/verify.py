@@ -2,7 +2,7 @@
 
 Contract:
 - Reads the topic from each partition's first offset up to the offset
-  ``exporter_offsets`` says was exported, and nothing after it.
+  the stored offsets say were exported, and nothing after it.
 - Streams: the messages are decoded here (the worker's decoder) and COPYed,
   a few megabytes at a time, into temporary tables of the verifying session;
   the comparison is then set-based SQL. Memory stays bounded whatever the

@@ -87,3 +87,10 @@ def test_the_design_s_log_prefix_is_written_once() -> None:
         if "[DB-EXPORTER]" in line
     ]
     assert len(places) == 1 and places[0].startswith("logs.py:"), places
+
+
+def test_the_offsets_table_is_named_in_one_module_only() -> None:
+    naming = sorted(
+        str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py") if "exporter_offsets" in path.read_text()
+    )
+    assert naming == ["progress.py"]
