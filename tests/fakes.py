@@ -23,7 +23,7 @@ from confluent_kafka import TopicPartition
 
 from pme_exporter.buffers import Batch, DeadLetter, InMemoryMessage, Orphan
 from pme_exporter.progress import TopicLife, TopicRecreated
-from pme_exporter.schema import BY_TABLE, FLUSH_ORDER, Column, Kind, TableSpec
+from pme_exporter.schema import BY_TABLE, FLUSH_ORDER, TABLES, Column, Kind, TableSpec
 from pme_exporter.sink import FlushReport, TableOutcome
 from tests.model import Tables, apply_events
 
@@ -152,6 +152,17 @@ def refusal(column: Column, raw: Any) -> str | None:
     return None
 
 
+# Types wider than the tables': the decoder passes every length and precision, so
+# PostgreSQL itself refuses and the sink's row isolation is what is tested.
+UNJUDGED = {
+    spec.table: {
+        c.name: {Kind.TEXT: "text", Kind.DECIMAL: "numeric", Kind.INTEGER: "bigint"}.get(c.kind, c.sql_type)
+        for c in spec.columns
+    }
+    for spec in TABLES
+}
+
+
 class MemorySink:
     """The sink contract in memory (see the module docstring). ``gate`` holds writes back,
     ``fail_before_commit`` makes the next write fail after all its work, committing nothing."""
@@ -211,6 +222,8 @@ class MemorySink:
                 del parked[(partition, offset)]
                 outcome.adopted += 1
             state = next((s for c in spec.columns if (s := refusal(c, data.get(c.name))) is not None), None)
+            if state is None and spec.unique:
+                state = self._unique_clash(spec, data, apply_events(applied))
             if state is not None:
                 letter = DeadLetter.refused((partition, offset, key, value), spec.table, state, "refused")
                 report.dead_letters.append(letter)
@@ -233,6 +246,18 @@ class MemorySink:
         for partition, offset in saved.items():
             self.stored[partition] = max(self.stored.get(partition, 0), offset)
         return report
+
+    @staticmethod
+    def _unique_clash(spec: TableSpec, data: dict[str, Any], tables: Tables) -> str | None:
+        """23505 when another key's row holds one of the version's unique values."""
+        key = int(data[str(spec.key)])
+        for column in spec.unique:
+            value = data.get(column)
+            if value is not None and any(
+                other != key and row[column] == value for other, row in tables[spec.table].items()
+            ):
+                return "23505"
+        return None
 
     @staticmethod
     def _parents_stored(spec: TableSpec, data: dict[str, Any], tables: Tables) -> bool:

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,6 +22,7 @@ from pme_exporter.devtools.stack import exporter_env, stored_offsets
 from pme_exporter.errors import DecodeError
 from pme_exporter.metrics import Metrics
 from pme_exporter.settings import Settings
+from tests.model import apply_events, diff, snapshot
 
 
 class ExporterThread:
@@ -161,3 +163,24 @@ def run_cli(
         monkeypatch.setenv(name, value)
     code = cli.main(list(args))
     return code, capsys.readouterr().out
+
+
+def assert_tables_equal_model(conninfo: str, located: list[tuple[int, int, bytes | None]]) -> None:
+    """The tables equal the model of the valid messages, no append row twice, no dead letter."""
+    expected = apply_events((p, o, v) for p, o, v in located if v is not None)
+    with psycopg.connect(conninfo) as conn:
+        actual = snapshot(conn)
+        append_counts = conn.execute(
+            "SELECT (SELECT count(*) FROM order_acks), (SELECT count(*) FROM order_naks),"
+            " (SELECT count(*) FROM parameters), (SELECT count(*) FROM session_times),"
+            " (SELECT count(*) FROM exporter_dead_letters)"
+        ).fetchone()
+    assert actual == expected, diff(expected, actual)
+    # No append row stored twice (the snapshot keys by message, so count separately), no dead letter.
+    assert append_counts == (
+        len(expected["order_acks"]),
+        len(expected["order_naks"]),
+        len(expected["parameters"]),
+        len(expected["session_times"]),
+        0,
+    )

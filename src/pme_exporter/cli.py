@@ -89,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="make the next run read the topic again from a point")
     start = replay.add_mutually_exclusive_group(required=True)
     start.add_argument("--from-beginning", action="store_true", help="every partition from its first offset")
-    start.add_argument("--from-time", type=_instant, help="the first offsets at or after an RFC 3339 time")
+    start.add_argument(
+        "--from-time", type=rfc3339_instant, help="the first offsets at or after an RFC 3339 time"
+    )
     start.add_argument("--partition", type=_whole, help="one partition, with --offset")
     start.add_argument(
         "--truncate", action="store_true", help="empty the ledger tables and read everything again"
@@ -166,7 +168,7 @@ def _duration(raw: str) -> float:
     return int(found.group(1)) * _UNIT_S[found.group(2)]
 
 
-def _instant(raw: str) -> int:
+def rfc3339_instant(raw: str) -> int:
     """An RFC 3339 instant (as the ledger writes them), in epoch milliseconds."""
     if TIMESTAMP_TEXT.fullmatch(raw) is None:
         raise argparse.ArgumentTypeError(f"{raw!r} is not an RFC 3339 time such as 2025-11-28T09:00:00+07:00")

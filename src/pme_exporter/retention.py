@@ -78,7 +78,7 @@ def _eligible(r: Retained, *, dry_run: bool) -> sql.Composable:
     return sql.SQL(" AND ").join([sql.SQL("t.{} < %(cut)s").format(sql.Identifier(r.age)), *held])
 
 
-def _batch(r: Retained, *, archive: bool) -> sql.Composed:
+def batch_statement(r: Retained, *, archive: bool) -> sql.Composed:
     """One batch's statement; its row count is the rows moved."""
     picked = sql.SQL(
         """WITH picked AS (
@@ -133,7 +133,7 @@ def run_retention(
                 outcomes.append(Outcome(table, int(counted[0]) if counted else 0))
                 continue
             outcome = Outcome(table, 0)
-            statement = _batch(r, archive=action == "archive")
+            statement = batch_statement(r, archive=action == "archive")
             while not stop():
                 moved = _with_retries(conn, statement, params)
                 outcome.rows += moved

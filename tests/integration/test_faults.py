@@ -12,14 +12,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from pme_exporter.devtools.generator import ends_of, publish, trading_day
 from pme_exporter.devtools.stack import stored_offsets
 from pme_exporter.settings import Settings
-from tests.helpers import ExporterProcess, http_status, scrape, total, wait_exported
-from tests.model import apply_events, diff, snapshot
+from tests.helpers import (
+    ExporterProcess,
+    assert_tables_equal_model,
+    http_status,
+    scrape,
+    total,
+    wait_exported,
+)
 from tests.stack import Stack, run_up, stop_local
 
 pytestmark = pytest.mark.slow
@@ -31,26 +36,6 @@ def _publish_day(
     stack: Stack, topic: str, orders: int = ORDERS_FOR_100K_EVENTS, seed: int = 11
 ) -> list[tuple[int, int, bytes | None]]:
     return publish(stack.kafka_url, topic, [(None, k, v) for k, v in trading_day(orders, seed)])
-
-
-def _assert_tables_equal_model(conninfo: str, located: list[tuple[int, int, bytes | None]]) -> None:
-    expected = apply_events((p, o, v) for p, o, v in located if v is not None)
-    with psycopg.connect(conninfo) as conn:
-        actual = snapshot(conn)
-        append_counts = conn.execute(
-            "SELECT (SELECT count(*) FROM order_acks), (SELECT count(*) FROM order_naks),"
-            " (SELECT count(*) FROM parameters), (SELECT count(*) FROM session_times),"
-            " (SELECT count(*) FROM exporter_dead_letters)"
-        ).fetchone()
-    assert actual == expected, diff(expected, actual)
-    # No append row stored twice (the snapshot keys by message, so count separately), no dead letter.
-    assert append_counts == (
-        len(expected["order_acks"]),
-        len(expected["order_naks"]),
-        len(expected["parameters"]),
-        len(expected["session_times"]),
-        0,
-    )
 
 
 def _progress(conninfo: str, topic: str) -> int:
@@ -104,7 +89,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     wait_exported(s.conninfo(), topic, ends_of(located), timeout_s=180)
     final.wait_started()
     assert final.terminate() == 0, final.log_tail()
-    _assert_tables_equal_model(s.conninfo(), located)
+    assert_tables_equal_model(s.conninfo(), located)
 
 
 def test_database_outage_is_survived_without_restart(
@@ -142,7 +127,7 @@ def test_database_outage_is_survived_without_restart(
         code = worker.terminate() if worker.proc.poll() is None else worker.proc.returncode
         run_up()  # whatever happened, leave PostgreSQL running for the next test
     assert code == 0, worker.log_tail()
-    _assert_tables_equal_model(s.conninfo(), first + second)
+    assert_tables_equal_model(s.conninfo(), first + second)
 
 
 def test_two_workers_share_a_group_and_one_leaves_mid_run(
@@ -173,4 +158,4 @@ def test_two_workers_share_a_group_and_one_leaves_mid_run(
         code = b.terminate() if b.proc.poll() is None else b.proc.returncode
     assert code == 0, b.log_tail()
     assert "Revoked partitions" in a.log_tail(200)
-    _assert_tables_equal_model(s.conninfo(), located)
+    assert_tables_equal_model(s.conninfo(), located)

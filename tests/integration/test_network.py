@@ -14,8 +14,14 @@ import pytest
 from pme_exporter.devtools.generator import ends_of, publish, trading_day
 from pme_exporter.devtools.stack import stored_offsets
 from pme_exporter.settings import Settings
-from tests.helpers import ExporterProcess, http_answer, scrape, total, wait_exported
-from tests.integration.test_faults import _assert_tables_equal_model
+from tests.helpers import (
+    ExporterProcess,
+    assert_tables_equal_model,
+    http_answer,
+    scrape,
+    total,
+    wait_exported,
+)
 from tests.proxy import stalling_proxy
 from tests.stack import Stack
 
@@ -76,7 +82,7 @@ def test_a_connection_that_stops_forwarding_is_cut_off_and_the_worker_goes_on(
     ), log[-3000:]
     assert "Ended server process" in log
     assert "Traceback" not in log
-    _assert_tables_equal_model(settings.conninfo(), located)
+    assert_tables_equal_model(settings.conninfo(), located)
 
 
 def test_healthz_fails_when_a_stuck_connection_outlasts_the_liveness_bound(

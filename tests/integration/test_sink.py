@@ -11,27 +11,15 @@ import pytest
 from pme_exporter.buffers import Batch
 from pme_exporter.decode import Decoder
 from pme_exporter.progress import CarryPolicy
-from pme_exporter.schema import TABLES, Kind
 from pme_exporter.settings import Settings
 from pme_exporter.sink import PostgresSink
-from tests.fakes import FakeMessage
+from tests.fakes import UNJUDGED, FakeMessage
 
 TS = "2025-11-29T09:05:00+07:00"
 
 
 def msg(partition: int, offset: int, event_type: str, data: dict[str, object], ts: str = TS) -> FakeMessage:
     return FakeMessage(orjson.dumps({"type": event_type, "ts": ts, "data": data}), partition, offset, b"k")
-
-
-# Types wider than the tables': the decoder passes every length and precision, so
-# PostgreSQL itself refuses and the sink's row isolation is what is tested.
-UNJUDGED = {
-    spec.table: {
-        c.name: {Kind.TEXT: "text", Kind.DECIMAL: "numeric", Kind.INTEGER: "bigint"}.get(c.kind, c.sql_type)
-        for c in spec.columns
-    }
-    for spec in TABLES
-}
 
 
 def batch_of(*messages: FakeMessage, closing: bool = False, judged: bool = True) -> Batch:

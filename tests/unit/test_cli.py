@@ -207,11 +207,15 @@ def test_json_log_lines_carry_time_level_logger_message_and_exception() -> None:
 def test_replay_times_are_rfc3339_in_either_case_and_must_exist() -> None:
     import argparse
 
-    from pme_exporter.cli import _instant
+    from pme_exporter.cli import rfc3339_instant
 
-    assert _instant("2025-11-28t02:00:00z") == _instant("2025-11-28T09:00:00+07:00") == 1764295200000
+    assert (
+        rfc3339_instant("2025-11-28t02:00:00z")
+        == rfc3339_instant("2025-11-28T09:00:00+07:00")
+        == 1764295200000
+    )
     with pytest.raises(argparse.ArgumentTypeError, match="not a date that exists"):
-        _instant("2025-02-30T00:00:00Z")
+        rfc3339_instant("2025-02-30T00:00:00Z")
 
 
 def test_a_pass_through_of_the_session_timeout_is_a_config_error_naming_its_variable() -> None:

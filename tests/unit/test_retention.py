@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pme_exporter.retention import RETAINED, _batch, retained
+from pme_exporter.retention import RETAINED, batch_statement, retained
 from pme_exporter.schema import BY_TABLE
 
 
@@ -29,8 +29,8 @@ def test_upserts_age_by_their_latest_state_and_appends_by_their_creation() -> No
 
 
 def test_a_batch_takes_only_unlocked_rows_and_archives_in_the_statement_that_deletes() -> None:
-    archive = _batch(retained("orders"), archive=True).as_string(None)
-    purge = _batch(retained("orders"), archive=False).as_string(None)
+    archive = batch_statement(retained("orders"), archive=True).as_string(None)
+    purge = batch_statement(retained("orders"), archive=False).as_string(None)
     assert "FOR UPDATE SKIP LOCKED" in archive and "FOR UPDATE SKIP LOCKED" in purge
     assert 'INSERT INTO "orders_archive" SELECT * FROM gone' in archive and "archive" not in purge
     assert archive.count("NOT EXISTS") == 3  # acks, naks and contracts hold an order
