@@ -15,13 +15,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pme_exporter import cli
-from pme_exporter.app import run_exporter
 from pme_exporter.decode import Decoder
 from pme_exporter.devtools.generator import Located
 from pme_exporter.devtools.stack import exporter_env, stored_offsets
 from pme_exporter.errors import DecodeError
 from pme_exporter.metrics import Metrics
 from pme_exporter.settings import Settings
+from pme_exporter.worker import run_exporter
 from tests.model import apply_events, diff, snapshot
 
 

@@ -19,7 +19,7 @@ from types import FrameType
 
 import psycopg
 
-from pme_exporter import __version__, reports
+from pme_exporter import __version__
 from pme_exporter.decode import TIMESTAMP_TEXT
 from pme_exporter.errors import (
     EXIT_CONFIG,
@@ -35,7 +35,8 @@ from pme_exporter.errors import (
     exit_for,
 )
 from pme_exporter.logs import configure_logging, ledger_log
-from pme_exporter.retention import RETAINED
+from pme_exporter.ops import reports
+from pme_exporter.ops.retention import RETAINED
 from pme_exporter.schema import BY_TABLE
 from pme_exporter.settings import Settings, described, unknown_variables
 
@@ -271,7 +272,7 @@ _whole = _int_at_least(0)
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from pme_exporter.operations import read_status
+    from pme_exporter.ops.status import read_status
 
     status = read_status(settings)
     if args.json:
@@ -309,17 +310,17 @@ def _or_dash(value: int | None) -> str:
 
 
 def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
-    from pme_exporter import operations
+    from pme_exporter.ops import dead_letters
 
     if args.action == "show":
         with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
-            letter = operations.show_dead_letter(conn, args.id)
+            letter = dead_letters.show_dead_letter(conn, args.id)
         if letter is None:
             print(f"pme-exporter dead-letters: no dead letter {args.id}", file=sys.stderr)
             return EXIT_USAGE
         if args.json:
-            raw = {"msg_key": operations.readable(letter.pop("msg_key")),
-                   "msg_value": operations.readable(letter.pop("msg_value"))}  # fmt: skip
+            raw = {"msg_key": dead_letters.readable(letter.pop("msg_key")),
+                   "msg_value": dead_letters.readable(letter.pop("msg_value"))}  # fmt: skip
             print(json.dumps(letter | raw, default=str, indent=2))
             return EXIT_OK
         for name in (
@@ -334,15 +335,15 @@ def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
             "created_at",
         ):
             print(f"{name}: {letter[name]}")
-        print(f"key: {operations.readable(letter['msg_key'])}")
-        print(f"value:\n{operations.readable(letter['msg_value'])}")
+        print(f"key: {dead_letters.readable(letter['msg_key'])}")
+        print(f"value:\n{dead_letters.readable(letter['msg_value'])}")
         return EXIT_OK
-    chosen = operations.DeadLetterFilter(args.stage, args.reason, args.table, args.older_than, args.limit)
+    chosen = dead_letters.DeadLetterFilter(args.stage, args.reason, args.table, args.older_than, args.limit)
     if args.action == "list":
         with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
-            rows = operations.list_dead_letters(conn, settings.kafka_topic, chosen)
+            rows = dead_letters.list_dead_letters(conn, settings.kafka_topic, chosen)
     else:
-        rows = [dataclasses.asdict(r) for r in operations.redrive(settings, chosen)]
+        rows = [dataclasses.asdict(r) for r in dead_letters.redrive(settings, chosen)]
     if args.json:
         print(json.dumps(rows, default=str, indent=2))
     else:
@@ -355,13 +356,13 @@ def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _replay(args: argparse.Namespace, settings: Settings, parser: argparse.ArgumentParser) -> int:
-    from pme_exporter import operations
+    from pme_exporter.ops import replay
 
     if (args.partition is None) != (args.offset is None):
         parser.error("replay: --partition and --offset go together")
     if args.tables and not args.truncate:
         parser.error("replay: --tables rebuilds tables, so it goes with --truncate")
-    members = operations.active_members(settings)
+    members = replay.active_members(settings)
     if members and not args.force:
         print(
             f"pme-exporter replay: {members} worker(s) of group {settings.kafka_group_id} are active; "
@@ -370,7 +371,7 @@ def _replay(args: argparse.Namespace, settings: Settings, parser: argparse.Argum
         )
         return EXIT_REFUSED
     try:
-        plan = operations.plan_replay(
+        plan = replay.plan_replay(
             settings,
             from_beginning=args.from_beginning,
             from_time_ms=args.from_time,
@@ -378,7 +379,7 @@ def _replay(args: argparse.Namespace, settings: Settings, parser: argparse.Argum
             truncate=args.truncate,
             tables=args.tables,
         )
-    except operations.ReplayRefused as exc:
+    except replay.ReplayRefused as exc:
         print(f"pme-exporter replay: {exc}", file=sys.stderr)
         return EXIT_USAGE
     # With --json the plan is said on stderr, and stdout holds only the JSON.
@@ -397,7 +398,7 @@ def _replay(args: argparse.Namespace, settings: Settings, parser: argparse.Argum
         if input("Type yes to go on: ").strip() != "yes":
             print("pme-exporter replay: not confirmed; nothing changed", file=sys.stderr)
             return EXIT_REFUSED
-    operations.apply_replay(settings, plan)
+    replay.apply_replay(settings, plan)
     if args.json:
         print(json.dumps(dataclasses.asdict(plan) | {"applied": True}, indent=2))
     else:
@@ -406,7 +407,7 @@ def _replay(args: argparse.Namespace, settings: Settings, parser: argparse.Argum
 
 
 def _retention(args: argparse.Namespace, settings: Settings, stop: threading.Event) -> int:
-    from pme_exporter.retention import run_retention
+    from pme_exporter.ops.retention import run_retention
 
     tables = args.tables or RETAINED
     if args.action == "purge" and not args.dry_run and not args.yes:
@@ -443,7 +444,7 @@ def _retention(args: argparse.Namespace, settings: Settings, stop: threading.Eve
 
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
-    from pme_exporter.verify import print_progress, verify_topic
+    from pme_exporter.ops.verify import print_progress, verify_topic
 
     result = verify_topic(settings, sample=args.sample, keep=args.show, progress=print_progress)
     if args.json:
@@ -555,7 +556,7 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
             from pme_exporter.devtools.demo import run_demo
 
             return run_demo(settings, orders=args.orders, seed=args.seed)
-        from pme_exporter.app import run_exporter
+        from pme_exporter.worker import run_exporter
 
         run_exporter(settings, stop)
         return EXIT_OK

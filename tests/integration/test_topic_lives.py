@@ -13,8 +13,8 @@ from confluent_kafka.admin import AdminClient
 
 from pme_exporter.devtools.generator import create_topic, ends_of, publish, trading_day
 from pme_exporter.errors import EXIT_KAFKA
+from pme_exporter.ops.verify import verify_topic
 from pme_exporter.settings import Settings
-from pme_exporter.verify import verify_topic
 from tests.helpers import ExporterProcess, valid_only, wait_exported
 from tests.model import apply_events, diff, snapshot
 from tests.stack import Stack

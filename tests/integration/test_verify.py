@@ -12,8 +12,8 @@ import pytest
 
 from pme_exporter.devtools.generator import ends_of, publish, trading_day
 from pme_exporter.errors import EXIT_MISMATCH, EXIT_OK
+from pme_exporter.ops.verify import in_sample
 from pme_exporter.settings import Settings
-from pme_exporter.verify import in_sample
 from tests.corpus import DATABASE_CASES, encode
 from tests.helpers import ExporterProcess, run_cli, wait_exported
 from tests.stack import Stack

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pme_exporter.reports import BY_NAME, REPORTS, Filters, ReportError, find, query, render
+from pme_exporter.ops.reports import BY_NAME, REPORTS, Filters, ReportError, find, query, render
 
 
 @given(account=st.text(max_size=60))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pme_exporter.retention import RETAINED, batch_statement, retained
+from pme_exporter.ops.retention import RETAINED, batch_statement, retained
 from pme_exporter.schema import BY_TABLE
 
 

@@ -100,3 +100,23 @@ def test_the_offsets_table_is_named_in_one_module_only() -> None:
         if "exporter_offsets" in path.read_text()
     )
     assert naming == ["progress.py"]
+
+
+def _imported(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_the_worker_imports_nothing_from_the_operator_commands() -> None:
+    worker = [path for path in PACKAGE.glob("*.py") if path.name not in ("cli.py", "__main__.py")]
+    assert {"worker.py", "consumer.py", "sink.py", "flusher.py"} <= {path.name for path in worker}
+    uses_ops = [path.name for path in worker if any(n.startswith("pme_exporter.ops") for n in _imported(path))]
+    assert uses_ops == []
+    assert any(n.startswith("pme_exporter.ops") for n in _imported(PACKAGE / "cli.py"))  # the check sees it

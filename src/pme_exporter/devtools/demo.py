@@ -15,14 +15,14 @@ import time
 import psycopg
 from psycopg import sql
 
-from pme_exporter import reports
-from pme_exporter.app import run_exporter
 from pme_exporter.devtools.databases import create_database
 from pme_exporter.devtools.generator import create_topic, produce, trading_day
 from pme_exporter.devtools.stack import given_servers, servers_env, stored_offsets
 from pme_exporter.errors import EXIT_FAILURE, EXIT_OK
+from pme_exporter.ops import reports
 from pme_exporter.schema import TABLES
 from pme_exporter.settings import Settings
+from pme_exporter.worker import run_exporter
 
 DEMO_DB = "pme_demo"
 CATCH_UP_TIMEOUT_S = 300.0
