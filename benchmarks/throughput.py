@@ -578,7 +578,7 @@ def latency(settings: Settings, rate: int, seconds: float, partitions: int) -> d
         "rows": int(row[3]),
         **flushes,
         **kafka,
-        # The bound on a slower machine: the linger plus twice the median flush.
+        # A bound for a slower machine: the linger plus twice the median flush.
         "p99_bound_ms": s.flush_linger_ms + 2 * flushes["flush_p50_ms"],
     }
 

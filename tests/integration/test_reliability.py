@@ -1,4 +1,4 @@
-"""No message or condition stops, bypasses or silently drains the exporter (issue: reliability, second step).
+"""No message or condition stops, bypasses or silently drains the exporter.
 
 Each scenario runs ``pme-exporter run`` as a child process on the real stack.
 """

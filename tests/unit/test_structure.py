@@ -120,3 +120,15 @@ def test_the_worker_imports_nothing_from_the_operator_commands() -> None:
     uses_ops = [path.name for path in worker if any(n.startswith("pme_exporter.ops") for n in _imported(path))]
     assert uses_ops == []
     assert any(n.startswith("pme_exporter.ops") for n in _imported(PACKAGE / "cli.py"))  # the check sees it
+
+
+def test_the_readme_is_short_and_its_map_names_every_module() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 450
+    table = readme[readme.index("| module | its one job |") :].split("\n\n", 1)[0]
+    named = set(re.findall(r"`([a-z_]+)/?`", table))
+    modules = {p.stem for p in PACKAGE.glob("*.py")} | {p.stem for p in (PACKAGE / "ops").glob("*.py")}
+    modules -= {"__init__"}
+    assert modules - named == set()
+    for doc in ("docs/operations.md", "docs/performance.md"):
+        assert f"]({doc})" in readme and (REPO / doc).is_file()
