@@ -56,7 +56,7 @@ from pme_exporter.migrate import migrate
 from pme_exporter.progress import read_stored_offsets
 from pme_exporter.schema import FLUSH_ORDER
 from pme_exporter.settings import Settings
-from pme_exporter.sqlgen import statements_for
+from pme_exporter.sqlgen import staging_table, statements_for
 
 REPO = Path(__file__).resolve().parents[1]
 EVENTS_PER_ORDER = 5.44  # measured on trading_day(18_500): 100,705 events
@@ -353,12 +353,13 @@ def pg_ceiling(
             path = workdir / f"{start}-{spec.table}.copy"
             path.write_bytes(rows.copy_data)
             columns = statements[spec.table].copy.split("(", 1)[1].split(")", 1)[0]
-            script.append(f"\\copy stg_{spec.table} ({columns}) FROM '{path}'")
+            script.append(f"\\copy {staging_table(spec)} ({columns}) FROM '{path}'")
             script.append(
                 statements[spec.table]
                 .apply.replace("%(lo)s", "0")
                 .replace("%(hi)s", str(len(rows) - 1))
                 .replace("%(topic)s", "'pme-ledger'")
+                .replace("%(life)s", "1")
                 + ";"
             )
         parts = ",".join(str(p) for p in chunk.next_offsets)

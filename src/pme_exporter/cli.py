@@ -36,8 +36,7 @@ from pme_exporter.errors import (
 )
 from pme_exporter.logs import configure_logging, ledger_log
 from pme_exporter.ops import reports
-from pme_exporter.ops.retention import RETAINED
-from pme_exporter.schema import BY_TABLE
+from pme_exporter.schema import BY_TABLE, RETAINED
 from pme_exporter.settings import Settings, described, unknown_variables
 
 log = logging.getLogger("pme_exporter")
@@ -391,19 +390,25 @@ def _replay(args: argparse.Namespace, settings: Settings, parser: argparse.Argum
         print(f"after emptying {', '.join(plan.tables)}; the other tables are left as they are.", file=say)
     elif plan.truncate:
         print("after emptying every ledger table, the dead letters and the parked children.", file=say)
-    if not args.yes:
-        if not sys.stdin.isatty():
-            print("pme-exporter replay: not confirmed (no terminal); add --yes", file=sys.stderr)
-            return EXIT_REFUSED
-        if input("Type yes to go on: ").strip() != "yes":
-            print("pme-exporter replay: not confirmed; nothing changed", file=sys.stderr)
-            return EXIT_REFUSED
+    if not args.yes and not _confirmed("replay"):
+        return EXIT_REFUSED
     replay.apply_replay(settings, plan)
     if args.json:
         print(json.dumps(dataclasses.asdict(plan) | {"applied": True}, indent=2))
     else:
         print("Done: start the workers.")
     return EXIT_OK
+
+
+def _confirmed(command: str) -> bool:
+    """Whether a person typed yes; without a terminal, never (the caller offers --yes)."""
+    if not sys.stdin.isatty():
+        print(f"pme-exporter {command}: not confirmed (no terminal); add --yes", file=sys.stderr)
+        return False
+    if input("Type yes to go on: ").strip() != "yes":
+        print(f"pme-exporter {command}: not confirmed; nothing changed", file=sys.stderr)
+        return False
+    return True
 
 
 def _retention(args: argparse.Namespace, settings: Settings, stop: threading.Event) -> int:
@@ -414,11 +419,7 @@ def _retention(args: argparse.Namespace, settings: Settings, stop: threading.Eve
         print(
             f"pme-exporter retention purge deletes rows of {', '.join(tables)} (and their archives) for good."
         )
-        if not sys.stdin.isatty():
-            print("pme-exporter retention: not confirmed (no terminal); add --yes", file=sys.stderr)
-            return EXIT_REFUSED
-        if input("Type yes to go on: ").strip() != "yes":
-            print("pme-exporter retention: not confirmed; nothing changed", file=sys.stderr)
+        if not _confirmed("retention"):
             return EXIT_REFUSED
     _install_signal_handlers(stop)
     outcomes = run_retention(
@@ -444,7 +445,7 @@ def _retention(args: argparse.Namespace, settings: Settings, stop: threading.Eve
 
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
-    from pme_exporter.ops.verify import print_progress, verify_topic
+    from pme_exporter.ops.verify import VERDICTS, print_progress, verify_topic
 
     result = verify_topic(settings, sample=args.sample, keep=args.show, progress=print_progress)
     if args.json:
@@ -457,17 +458,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
             f" {result.refused} with values their columns cannot hold"
             + ("" if result.sample >= 1 else f", keys sampled: {result.sample:g}")
         )
-        shown = (
-            "stored",
-            "stale",
-            "dead_letter",
-            "parked",
-            "ahead",
-            "missing",
-            "altered",
-            "extra",
-            "duplicate",
-        )
+        shown = VERDICTS
         print(f"{'table':<16}{'messages':>10}" + "".join(f"{v:>12}" for v in shown))
         for table, counts in result.tables.items():
             print(f"{table:<16}{counts['messages']:>10}" + "".join(f"{counts[v]:>12}" for v in shown))

@@ -73,6 +73,8 @@ class TableSpec:
     parents: tuple[ParentRef, ...] = ()
     # Columns with a UNIQUE constraint of their own, beside the key.
     unique: tuple[str, ...] = ()
+    # Old rows may move to an archive table of the same columns (sql/005, ``retention``).
+    archived: bool = False
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -158,6 +160,7 @@ TABLES: tuple[TableSpec, ...] = (
             _c("aro_status", "BOOLEAN", B),
             _c("reff_request_id", _REFF, T),
         ),
+        archived=True,
     ),
     TableSpec(
         "Trade",
@@ -178,6 +181,7 @@ TABLES: tuple[TableSpec, ...] = (
             _c("fee_lend_rate", _RATE, D),
         ),
         unique=("kpei_reff",),
+        archived=True,
     ),
     TableSpec(
         "Contract",
@@ -200,6 +204,7 @@ TABLES: tuple[TableSpec, ...] = (
             _c("fee_val_daily", _QUANTITY, D),
         ),
         parents=(ParentRef("trade_nid", "trades", "nid"), ParentRef("order_nid", "orders", "nid")),
+        archived=True,
     ),
     TableSpec(
         "OrderAck",
@@ -208,6 +213,7 @@ TABLES: tuple[TableSpec, ...] = (
         "order_nid",
         (_c("order_nid", "BIGINT", INT_), _c("acknowledged_at", "TIMESTAMPTZ", TSZ, from_ts=True)),
         parents=(ParentRef("order_nid", "orders", "nid"),),
+        archived=True,
     ),
     TableSpec(
         "OrderNak",
@@ -220,6 +226,7 @@ TABLES: tuple[TableSpec, ...] = (
             _c("rejected_at", "TIMESTAMPTZ", TSZ, from_ts=True),
         ),
         parents=(ParentRef("order_nid", "orders", "nid"),),
+        archived=True,
     ),
     TableSpec(
         "Parameter",
@@ -261,6 +268,20 @@ BY_TABLE: dict[str, TableSpec] = {spec.table: spec for spec in TABLES}
 # Parents are written before children in every flush, so a child whose parent
 # arrives in the same batch finds it; TABLES is already in that order.
 FLUSH_ORDER: tuple[TableSpec, ...] = TABLES
+# Tables whose old rows retention moves or deletes, children before their parents.
+RETAINED: tuple[str, ...] = tuple(spec.table for spec in reversed(FLUSH_ORDER) if spec.archived)
+
+
+def archive_table(table: str) -> str:
+    """Where retention moves a table's old rows (same columns, sql/005)."""
+    return f"{table}_archive"
+
+
+def children_of(table: str) -> tuple[tuple[str, str], ...]:
+    """(child table, its column) for every foreign key that references ``table``."""
+    return tuple((child.table, ref.column) for child in TABLES for ref in child.parents if ref.table == table)
+
+
 # The columns of exporter_parked_children that hold a waiting child's parent keys.
 PARKED_PARENT_COLUMNS: tuple[str, ...] = ("trade_nid", "order_nid")
 

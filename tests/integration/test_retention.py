@@ -19,8 +19,7 @@ from psycopg import sql
 from pme_exporter.devtools.generator import Located, ends_of, publish, trading_day
 from pme_exporter.devtools.stack import exporter_env
 from pme_exporter.errors import EXIT_OK, EXIT_REFUSED
-from pme_exporter.ops.retention import RETAINED
-from pme_exporter.schema import BY_TABLE, WriteMode
+from pme_exporter.schema import BY_TABLE, RETAINED, WriteMode
 from pme_exporter.settings import Settings
 from tests.corpus import encode
 from tests.helpers import ExporterProcess, ExporterThread, run_cli, wait_exported

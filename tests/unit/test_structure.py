@@ -117,7 +117,9 @@ def _imported(path: Path) -> set[str]:
 def test_the_worker_imports_nothing_from_the_operator_commands() -> None:
     worker = [path for path in PACKAGE.glob("*.py") if path.name not in ("cli.py", "__main__.py")]
     assert {"worker.py", "consumer.py", "sink.py", "flusher.py"} <= {path.name for path in worker}
-    uses_ops = [path.name for path in worker if any(n.startswith("pme_exporter.ops") for n in _imported(path))]
+    uses_ops = [
+        path.name for path in worker if any(n.startswith("pme_exporter.ops") for n in _imported(path))
+    ]
     assert uses_ops == []
     assert any(n.startswith("pme_exporter.ops") for n in _imported(PACKAGE / "cli.py"))  # the check sees it
 

@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from pme_exporter.progress import set_stored_offsets
-from pme_exporter.schema import TABLES
+from pme_exporter.schema import TABLES, children_of
 from pme_exporter.settings import Settings
 
 
@@ -35,7 +35,7 @@ def with_children(tables: tuple[str, ...]) -> tuple[str, ...]:
     """The tables and, transitively, the tables whose foreign keys reference them, in schema order."""
     chosen = set(tables)
     while True:
-        more = {c.table for c in TABLES for ref in c.parents if ref.table in chosen} - chosen
+        more = {child for table in chosen for child, _ in children_of(table)} - chosen
         if not more:
             return tuple(spec.table for spec in TABLES if spec.table in chosen)
         chosen |= more

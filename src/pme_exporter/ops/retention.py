@@ -33,10 +33,9 @@ import psycopg
 from psycopg import sql
 
 from pme_exporter.errors import is_retryable
-from pme_exporter.schema import BY_TABLE, TABLES, WriteMode
+from pme_exporter.schema import BY_TABLE, RETAINED, WriteMode, archive_table, children_of
 
 # Children first: a parent can only go once nothing references it.
-RETAINED: tuple[str, ...] = ("order_acks", "order_naks", "contracts", "orders", "trades")
 LOCK_TIMEOUT_MS = 1000
 
 
@@ -50,9 +49,7 @@ class Retained:
 
 def retained(table: str) -> Retained:
     spec = BY_TABLE[table]
-    children = tuple(
-        (child.table, ref.column) for child in TABLES for ref in child.parents if ref.table == table
-    )
+    children = children_of(table)
     if spec.mode is WriteMode.UPSERT:
         assert spec.key is not None
         return Retained(table, spec.key, "updated_at", children)
@@ -92,7 +89,7 @@ def batch_statement(r: Retained, *, archive: bool) -> sql.Composed:
     if not archive:
         return picked + sql.SQL("\n") + delete
     return picked + sql.SQL(", gone AS ({} RETURNING t.*)\nINSERT INTO {} SELECT * FROM gone").format(
-        delete, sql.Identifier(f"{r.table}_archive")
+        delete, sql.Identifier(archive_table(r.table))
     )
 
 
@@ -164,13 +161,13 @@ def _with_retries(conn: psycopg.Connection[Any], statement: sql.Composed, params
 
 
 def _purge_archive(conn: psycopg.Connection[Any], r: Retained, params: dict[str, Any]) -> int:
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{r.table}_archive",)).fetchone()
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (archive_table(r.table),)).fetchone()
     if not exists or not exists[0]:
         return 0
     total = 0
     statement = sql.SQL(
         "DELETE FROM {a} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {a} WHERE {age} < %(cut)s LIMIT %(n)s))"
-    ).format(a=sql.Identifier(f"{r.table}_archive"), age=sql.Identifier(r.age))
+    ).format(a=sql.Identifier(archive_table(r.table)), age=sql.Identifier(r.age))
     while True:
         deleted = _with_retries(conn, statement, params)
         total += deleted

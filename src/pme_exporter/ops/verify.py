@@ -40,7 +40,15 @@ from psycopg import sql
 from pme_exporter.decode import NULL, Decoder, copy_fields
 from pme_exporter.errors import DecodeError, ValueRefused, VerifyError
 from pme_exporter.progress import current_life, read_stored_offsets
-from pme_exporter.schema import CAST_TYPE, TABLES, Kind, TableSpec, WriteMode, live_column_types
+from pme_exporter.schema import (
+    CAST_TYPE,
+    TABLES,
+    Kind,
+    TableSpec,
+    WriteMode,
+    archive_table,
+    live_column_types,
+)
 from pme_exporter.settings import Settings
 
 COPY_CHUNK_BYTES = 4 << 20
@@ -120,15 +128,10 @@ def verify_topic(
             " AS b(p, first_offset, end_offset)",
             (list(bounds), [starts.get(p, 0) for p in bounds], list(bounds.values())),
         )
-        archived = {
-            name
-            for (name,) in conn.execute(
-                "SELECT tablename FROM pg_tables WHERE right(tablename, 8) = '_archive'"
-            )
-        }
+        present = {name for (name,) in conn.execute("SELECT tablename FROM pg_tables")}
         for spec in TABLES:
             live_types = column_types[spec.table]
-            with_archive = f"{spec.table}_archive" in archived
+            with_archive = archive_table(spec.table) in present
             query = (
                 _upsert_check(spec, live_types, with_archive)
                 if spec.mode is WriteMode.UPSERT
@@ -342,7 +345,9 @@ def _differs(spec: TableSpec, left: str, right: str) -> str:
 def _stored(spec: TableSpec, with_archive: bool, lineage: str, where: str = "") -> str:
     columns = ", ".join([*spec.column_names, lineage])
     live = f"SELECT {columns} FROM {spec.table} {where}"
-    return live + (f" UNION ALL SELECT {columns} FROM {spec.table}_archive {where}" if with_archive else "")
+    return live + (
+        f" UNION ALL SELECT {columns} FROM {archive_table(spec.table)} {where}" if with_archive else ""
+    )
 
 
 def _upsert_check(spec: TableSpec, live_types: dict[str, str], with_archive: bool) -> sql.Composed:
