@@ -33,6 +33,7 @@ from pme_exporter.errors import (
     ConfigError,
     Stopped,
     exit_for,
+    reason_of,
 )
 from pme_exporter.logs import configure_logging, ledger_log
 from pme_exporter.ops import reports
@@ -346,8 +347,10 @@ def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(rows, default=str, indent=2))
     else:
+        if not rows:
+            print(f"pme-exporter dead-letters: none match on topic {settings.kafka_topic}", file=sys.stderr)
         for row in rows:
-            print("  ".join(f"{k}={v}" for k, v in row.items()))
+            print("  ".join(f"{k}={'-' if v is None else v}" for k, v in row.items()))
         if args.action == "redrive":
             landed = sum(1 for r in rows if r["landed"])
             print(f"{landed} landed, {len(rows) - landed} still refused")
@@ -560,7 +563,7 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
             log.exception("pme-exporter failed")
             return EXIT_FAILURE
         code, words = known
-        log.error("%s: %s", words, exc)
+        log.error("%s: %s", words, reason_of(exc))
         return code
 
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import psycopg
+from confluent_kafka import KafkaException
 
 # Exit codes, distinct so an orchestrator can tell a bad config from a lost database.
 EXIT_OK = 0
@@ -129,9 +130,25 @@ EXITS: tuple[tuple[type[BaseException], int, str], ...] = (
     (MigrationError, EXIT_MIGRATION, "migration error"),
     (KafkaFatalError, EXIT_KAFKA, "Kafka"),
     (VerifyError, EXIT_KAFKA, "verify"),
+    (KafkaException, EXIT_KAFKA, "Kafka unreachable or refusing"),
     (psycopg.OperationalError, EXIT_DATABASE, "database unreachable"),
+    (
+        psycopg.errors.UndefinedTable,
+        EXIT_MIGRATION,
+        "the database is not migrated (run pme-exporter migrate)",
+    ),
     (FatalError, EXIT_FAILURE, "stopped"),
 )
+
+
+def reason_of(exc: BaseException) -> str:
+    """A failure in words for its one log line: Kafka's own words without the
+    ``KafkaError{...}`` wrapping, a server's message without its context lines."""
+    if isinstance(exc, KafkaException) and exc.args and hasattr(exc.args[0], "str"):
+        return str(exc.args[0].str())
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        return exc.diag.message_primary
+    return " ".join(str(exc).split())
 
 
 def exit_for(exc: BaseException) -> tuple[int, str] | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 
+from pme_exporter import __version__
 from pme_exporter.errors import ConfigError, MigrationError, is_retryable
 from pme_exporter.logs import ledger_log
 
@@ -79,6 +80,7 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
             done: dict[str, str] = dict(
                 conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
             )
+            refuse_newer(conn, migrations)
             for m in migrations:
                 if m.version in done:
                     if done[m.version] != m.checksum:
@@ -108,6 +110,24 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now
+
+
+def refuse_newer(conn: psycopg.Connection[Any], migrations: list[Migration]) -> None:
+    """Raises MigrationError when the database carries a migration this version does not know:
+    a newer pme-exporter migrated it, and this one would write to tables it does not understand."""
+    known = {m.version for m in migrations}
+    unknown = [
+        (version, name)
+        for version, name in conn.execute("SELECT version, name FROM schema_migrations ORDER BY version")
+        if version not in known
+    ]
+    if unknown:
+        version, name = unknown[-1]
+        raise MigrationError(
+            f"the database carries migration {version}_{name}, newer than this pme-exporter "
+            f"{__version__} knows (up to {migrations[-1].version}_{migrations[-1].name}); "
+            "run the newer version, or restore the database from before it (docs/operations.md, Upgrading)"
+        )
 
 
 def check_encoding(conn: psycopg.Connection[Any]) -> None:

@@ -259,6 +259,8 @@ class Settings:
         values["kafka_extra"] = _kafka_pass_through(env)
         for name, attr, parse in _VARIABLES:
             raw = env.get(name)
+            if raw is not None and not raw.strip() and name in _NOT_EMPTY:
+                raise ConfigError(f"{name}: is set but empty; unset it for the default or give a value")
             if raw is None or raw == "":
                 continue
             try:
@@ -332,26 +334,35 @@ def _positive_float(raw: str) -> float:
 _KIND: dict[Callable[[str], Any], str] = {int: "whole number", _text: "text", _upper: "text", _lower: "text"}
 _KIND[_positive_float] = "positive number"
 _SECRET_ATTRS = frozenset({"db_password", "kafka_sasl_password", "kafka_ssl_key_password", "database_url"})
-_SECRET_FILES = ("DB_PASSWORD", "KAFKA_SASL_PASSWORD", "KAFKA_SSL_KEY_PASSWORD")
+# Set to nothing, these would silently fall back to a default that points elsewhere.
+_NOT_EMPTY = frozenset({"KAFKA_URL", "KAFKA_TOPIC", "DB_HOST", "DB_NAME", "DB_USER", "DATABASE_URL"})
+_SECRET_FILES = ("DB_PASSWORD", "KAFKA_SASL_PASSWORD", "KAFKA_SSL_KEY_PASSWORD", "DATABASE_URL")
 
 
 def _with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
-    """``env`` with each ``<NAME>_FILE`` secret read into ``<NAME>`` (one trailing newline dropped)."""
+    """``env`` with each ``<NAME>_FILE`` secret read into ``<NAME>`` (one trailing newline dropped):
+    the secrets above, and any librdkafka property passed through (``PME_RDKAFKA_<NAME>_FILE``)."""
     read: dict[str, str] = {}
-    for name in _SECRET_FILES:
-        path = env.get(f"{name}_FILE")
+    passed = [v[: -len("_FILE")] for v in env if v.startswith(RDKAFKA_PREFIX) and v.endswith("_FILE")]
+    for given in (*_SECRET_FILES, *passed):
+        path = env.get(f"{given}_FILE")
         if not path:
             continue
-        if env.get(name):
-            raise ConfigError(f"{name} and {name}_FILE are both set; set one")
+        # A property a first-class variable sets is read into that variable (sasl.password
+        # into KAFKA_SASL_PASSWORD), so it is judged and hidden like one.
+        name = _SET_BY.get(kafka_property(given), given) if given in passed else given
+        if env.get(name) or name in read:
+            raise ConfigError(f"{name} and {given}_FILE are both set; set one")
         try:
             with open(path, encoding="utf-8") as secret:
                 text = secret.read()
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ConfigError(f"{name}_FILE: cannot read {path}: {why}") from None
+            raise ConfigError(f"{given}_FILE: cannot read {path}: {why}") from None
         read[name] = text[:-1] if text.endswith("\n") else text
-    return {**env, **read} if read else env
+    if not read and not passed:
+        return env
+    return {n: v for n, v in env.items() if not (n.startswith(RDKAFKA_PREFIX) and n.endswith("_FILE"))} | read
 
 
 # Read by the project's own tools (deploy/local, the tests), not by the worker.
@@ -433,7 +444,9 @@ def unknown_variables(env: Mapping[str, str]) -> list[tuple[str, str | None]]:
     unknown = sorted(
         n
         for n in env
-        if n.startswith(("PME_", "KAFKA_", "DB_")) and n not in known and not n.startswith(RDKAFKA_PREFIX)
+        if n.startswith(("PME_", "KAFKA_", "DB_", "DATABASE_"))
+        and n not in known
+        and not n.startswith(RDKAFKA_PREFIX)
     )
     return [(n, next(iter(difflib.get_close_matches(n, known, n=1, cutoff=0.75)), None)) for n in unknown]
 

@@ -95,7 +95,9 @@ def _interruptible(work: Callable[[], T], stop: threading.Event, waiting_for: st
 _AUTHENTICATION_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED})
 
 
-def wait_for_kafka(settings: Settings, stop: threading.Event) -> None:
+def wait_for_kafka(
+    settings: Settings, stop: threading.Event, phase: Callable[[str], None] = lambda _words: None
+) -> None:
     """Returns once a broker answers a metadata request; after PME_KAFKA_STARTUP_WAIT_S raises
     KafkaFatalError naming the cause (the broker's own error when one came: a TLS handshake
     refused, ...), at once for a refused authentication, and Stopped when ``stop`` is set."""
@@ -126,12 +128,15 @@ def wait_for_kafka(settings: Settings, stop: threading.Event) -> None:
                 raise KafkaFatalError(
                     f"no Kafka broker at {settings.kafka_url} answered for {waited:.0f}s: {cause}"
                 ) from None
+            phase(f"starting: Kafka at {settings.kafka_url} not reachable yet: {cause}")
             ledger_log(KAFKA_LOG).warning("Kafka not reachable yet, retrying: %s", cause)
         if stop.wait(1.0):
             raise Stopped("stopped while waiting for Kafka")
 
 
-def migrate_with_retry(settings: Settings, stop: threading.Event) -> list[str]:
+def migrate_with_retry(
+    settings: Settings, stop: threading.Event, phase: Callable[[str], None] = lambda _words: None
+) -> list[str]:
     """Applies migrations, waiting up to PME_DB_STARTUP_WAIT_S for an unreachable database.
 
     Raises ConfigError at once (after REFUSED_GRACE_S) when the server answers
@@ -164,6 +169,7 @@ def migrate_with_retry(settings: Settings, stop: threading.Event) -> list[str]:
                 if now - logged_at >= _LOG_EVERY_S:
                     logged_at = now
                     log.warning("Database not reachable yet, retrying: %s", cause)
+                phase(f"starting: the database at {settings.db_target()} not reachable yet: {cause}")
         if stop.wait(delay):
             raise Stopped("stopped while waiting for the database")
         delay = min(delay * 2, 5.0)
@@ -258,12 +264,60 @@ def retrying_since(flushers: Sequence[Flusher]) -> float | None:
     return min((f.retrying_since for f in flushers if f.retrying_since is not None), default=None)
 
 
+class Probes:
+    """What ``/readyz`` and ``/healthz`` answer from the first second: until the worker runs,
+    ``/readyz`` is 503 with the start-up phase ("starting: waiting for Kafka at ...") and
+    ``/healthz`` is 200 (every start-up wait has its own bound, and ends the process with its
+    own exit code); then the worker's own checks answer."""
+
+    def __init__(self) -> None:
+        self._phase = "starting"
+        self._ready: Callable[[], tuple[bool, str]] | None = None
+        self._live: Callable[[], tuple[bool, str]] | None = None
+
+    def phase(self, words: str) -> None:
+        self._phase = words
+
+    def running(self, ready: Callable[[], tuple[bool, str]], live: Callable[[], tuple[bool, str]]) -> None:
+        self._ready, self._live = ready, live
+
+    def ready(self) -> tuple[bool, str]:
+        return (False, self._phase) if self._ready is None else self._ready()
+
+    def live(self) -> tuple[bool, str]:
+        return (True, "ok") if self._live is None else self._live()
+
+
+def _start_probes(settings: Settings, metrics: Metrics, probes: Probes) -> HealthServer | None:
+    if not settings.metrics_port:
+        return None
+    try:
+        health = HealthServer(metrics, port=settings.metrics_port, ready=probes.ready, live=probes.live)
+    except OSError as exc:
+        raise ConfigError(
+            f"PME_METRICS_PORT: cannot listen on port {settings.metrics_port}: {exc.strerror}"
+        ) from exc
+    health.start()
+    log.info("Metrics and probes on :%d (/metrics, /healthz, /readyz)", health.port)
+    return health
+
+
 def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | None = None) -> None:
     """Runs until ``stop`` is set; raises on fatal errors (the CLI maps them to exit codes)."""
     metrics = metrics or Metrics()
     if stop.is_set():
         raise Stopped("stopped before start-up")
     log.info("Starting Database Exporter Service...")
+    probes = Probes()
+    health = _start_probes(settings, metrics, probes)
+    try:
+        _run(settings, stop, metrics, probes)
+    finally:
+        if health is not None:
+            health.close()
+
+
+def _run(settings: Settings, stop: threading.Event, metrics: Metrics, probes: Probes) -> None:
     log.info(
         "Kafka: %s, topic %s, group %s",
         settings.kafka_url,
@@ -271,9 +325,11 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         settings.kafka_group_id,
     )
     log.info("Database: %s", settings.db_target())
-    applied = migrate_with_retry(settings, stop)
+    probes.phase(f"starting: migrating the database at {settings.db_target()}")
+    applied = migrate_with_retry(settings, stop, probes.phase)
     log.info("Database schema ready (%d migrations applied now)", len(applied))
-    wait_for_kafka(settings, stop)
+    probes.phase(f"starting: waiting for Kafka at {settings.kafka_url}")
+    wait_for_kafka(settings, stop, probes.phase)
     # Values are judged against the column types as they are now; after altering a
     # column, restart the workers (and redrive what the old type refused).
     with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
@@ -352,32 +408,18 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
 
     metrics.flush_retrying_seconds.set_function(retrying_for)
     metrics.halted.set_function(lambda: 0.0 if loop.halted is None else 1.0)
-    health = None
-    if settings.metrics_port:
-        try:
-            health = HealthServer(
-                metrics,
-                port=settings.metrics_port,
-                ready=Readiness(
-                    admin=AdminClient(settings.kafka_admin_config(logger=KAFKA_LOG)),
-                    sink=sink,
-                    flushers=flushers,
-                    loop=loop,
-                    topic=settings.kafka_topic,
-                    max_retry_s=settings.ready_max_retry_s,
-                    max_stall_s=settings.ready_max_stall_s,
-                ),
-                live=Liveness(loop=loop, flushers=flushers, max_stall_s=settings.liveness_max_stall_s),
-            )
-        except OSError as exc:
-            close_all(flushers, timeout_s=5.0)
-            sink.close(timeout_s=5.0)
-            consumer.close()
-            raise ConfigError(
-                f"PME_METRICS_PORT: cannot listen on port {settings.metrics_port}: {exc.strerror}"
-            ) from exc
-        health.start()
-        log.info("Metrics and probes on :%d (/metrics, /healthz, /readyz)", health.port)
+    probes.running(
+        Readiness(
+            admin=AdminClient(settings.kafka_admin_config(logger=KAFKA_LOG)),
+            sink=sink,
+            flushers=flushers,
+            loop=loop,
+            topic=settings.kafka_topic,
+            max_retry_s=settings.ready_max_retry_s,
+            max_stall_s=settings.ready_max_stall_s,
+        ),
+        Liveness(loop=loop, flushers=flushers, max_stall_s=settings.liveness_max_stall_s),
+    )
     tune_gc()
     log.info("Database Exporter Service started")
     try:
@@ -387,6 +429,4 @@ def run_exporter(settings: Settings, stop: threading.Event, metrics: Metrics | N
         # left uncommitted (read again next run) rather than waited for.
         close_all(flushers, timeout_s=0.5)
         sink.close(timeout_s=0.5)
-        if health is not None:
-            health.close()
         log.info("Database Exporter Service stopped")

@@ -13,10 +13,12 @@ import uuid
 import psycopg
 import pytest
 
+from pme_exporter import __version__
 from pme_exporter.devtools.databases import drop_database
 from pme_exporter.devtools.generator import create_topic
 from pme_exporter.devtools.stack import exporter_env
-from pme_exporter.errors import EXIT_CONFIG, EXIT_OK
+from pme_exporter.errors import EXIT_CONFIG, EXIT_MIGRATION, EXIT_OK
+from pme_exporter.migrate import load_migrations
 from pme_exporter.settings import Settings
 from tests.helpers import ExporterThread, http_answer, http_status
 from tests.stack import Stack
@@ -127,9 +129,57 @@ def test_readyz_is_503_while_the_topic_is_missing_and_200_once_it_exists(
                     break
             assert time.monotonic() < deadline, "the probes never answered"
             time.sleep(0.1)
-        status, reason = http_answer(free_port, "/readyz")
-        assert (status, reason) == (503, f"kafka: the topic {topic} does not exist")
+        missing = (503, f"kafka: the topic {topic} does not exist")
+        while (answer := http_answer(free_port, "/readyz")) != missing:  # past the start-up phases
+            assert answer[1].startswith("starting: "), answer
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.1)
         create_topic(stack.kafka_url, topic, 1)
         while http_status(free_port, "/readyz") != 200:
             assert time.monotonic() < deadline, http_answer(free_port, "/readyz")
             time.sleep(0.2)
+
+
+def test_a_database_migrated_by_a_newer_version_is_refused_naming_both(settings: Settings) -> None:
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES ('999', 'future', 'x')")
+    proc = start(settings)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_MIGRATION, out
+    newest = load_migrations()[-1]
+    assert f"carries migration 999_future, newer than this pme-exporter {__version__} knows" in out
+    assert f"(up to {newest.version}_{newest.name})" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"kafka_url": "127.0.0.1:1"}, "Kafka at 127.0.0.1:1"),
+        ({"db_port": 1}, "the database at 127.0.0.1:1/"),
+    ],
+    ids=["kafka", "database"],
+)
+def test_probes_answer_from_the_first_seconds_while_a_server_is_unreachable(
+    settings: Settings, free_port: int, change: dict[str, object], named: str
+) -> None:
+    waiting = settings.replace(kafka_startup_wait_s=30, db_startup_wait_s=30, **change)
+    started = time.monotonic()
+    proc = start(waiting, PME_METRICS_PORT=str(free_port))
+    try:
+        while True:
+            with contextlib.suppress(OSError):
+                if http_status(free_port, "/healthz") == 200:
+                    break
+            assert time.monotonic() - started < 2, "no /healthz within 2 s of the start"
+            time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while named not in (reason := http_answer(free_port, "/readyz"))[1]:
+            assert time.monotonic() < deadline, reason
+            time.sleep(0.2)
+        assert reason[0] == 503 and reason[1].startswith("starting: "), reason
+        assert http_status(free_port, "/healthz") == 200  # waiting as designed is alive
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == EXIT_OK, out

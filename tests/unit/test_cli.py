@@ -224,3 +224,10 @@ def test_a_pass_through_of_the_session_timeout_is_a_config_error_naming_its_vari
     assert done.returncode == EXIT_CONFIG, done.stderr
     assert "PME_KAFKA_SESSION_TIMEOUT_MS" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_python_m_pme_exporter_tells_its_version() -> None:
+    from pme_exporter import __version__
+
+    done = run_cli("--version")
+    assert (done.returncode, done.stdout.strip()) == (0, f"pme-exporter {__version__}")

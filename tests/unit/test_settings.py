@@ -265,3 +265,43 @@ def test_a_pass_through_of_a_guarantee_is_refused(prop: str) -> None:
     passed = "PME_RDKAFKA_" + prop.upper().replace(".", "_")
     with pytest.raises(ConfigError, match=re.escape(f"{passed}: {prop} is set by the exporter itself")):
         Settings.from_env({passed: "x"})
+
+
+def test_database_url_may_come_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "url"
+    secret.write_text("postgresql://u:pw@dbhost:6543/ledger\n")
+    s = Settings.from_env({"DATABASE_URL_FILE": str(secret)})
+    info = conninfo_to_dict(s.conninfo())
+    assert (info["host"], info["port"], info["dbname"], info["password"]) == (
+        "dbhost",
+        "6543",
+        "ledger",
+        "pw",
+    )
+    assert unknown_variables({"DATABASE_URL_FILE": str(secret)}) == []
+
+
+def test_a_passed_through_property_may_come_from_a_file(tmp_path: Path) -> None:
+    password, fetch = tmp_path / "password", tmp_path / "fetch"
+    password.write_text("s3cret\n")
+    fetch.write_text("2048")
+    env = {"PME_RDKAFKA_SASL_PASSWORD_FILE": str(password), "PME_RDKAFKA_FETCH_MIN_BYTES_FILE": str(fetch)}
+    s = Settings.from_env(env)
+    # sasl.password is KAFKA_SASL_PASSWORD's: read into it, judged and hidden like it.
+    assert s.kafka_sasl_password == "s3cret" and s.kafka_config()["sasl.password"] == "s3cret"
+    assert s.kafka_extra == {"fetch.min.bytes": "2048"}
+    assert "s3cret" not in repr(s) and unknown_variables(env) == []
+    with pytest.raises(
+        ConfigError, match="KAFKA_SASL_PASSWORD and PME_RDKAFKA_SASL_PASSWORD_FILE are both set"
+    ):
+        Settings.from_env({**env, "KAFKA_SASL_PASSWORD": "other"})
+
+
+@pytest.mark.parametrize("variable", ["KAFKA_URL", "KAFKA_TOPIC", "DB_HOST", "DATABASE_URL"])
+def test_a_variable_set_but_empty_is_an_error_not_a_default(variable: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{variable}: is set but empty"):
+        Settings.from_env({variable: " "})
+
+
+def test_a_misspelt_database_url_is_warned_about() -> None:
+    assert unknown_variables({"DATABASE_URI": "postgresql://h/db"}) == [("DATABASE_URI", "DATABASE_URL")]

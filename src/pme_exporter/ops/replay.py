@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
+from pme_exporter.errors import KafkaFatalError
 from pme_exporter.progress import set_stored_offsets
 from pme_exporter.schema import TABLES, children_of
 from pme_exporter.settings import Settings
@@ -49,6 +50,10 @@ def active_members(settings: Settings, timeout_s: float = 10.0) -> int:
         group = futures[settings.kafka_group_id].result(timeout=timeout_s)
     except KafkaException:
         return 0
+    except TimeoutError:
+        raise KafkaFatalError(
+            f"Kafka at {settings.kafka_url} did not say within {timeout_s:.0f}s whether workers are active"
+        ) from None
     return len(group.members)
 
 
@@ -68,7 +73,7 @@ def plan_replay(
         metadata = consumer.list_topics(settings.kafka_topic, timeout=timeout_s)
         topic = metadata.topics.get(settings.kafka_topic)
         if topic is None or topic.error is not None:
-            raise ReplayRefused(f"topic {settings.kafka_topic} does not exist")
+            raise KafkaFatalError(f"the topic {settings.kafka_topic} does not exist")
         numbers = sorted(topic.partitions)
         if partition_offset is not None:
             p, o = partition_offset

@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from psycopg import sql
 
 from pme_exporter.decode import NULL, Decoder, copy_fields
-from pme_exporter.errors import DecodeError, ValueRefused, VerifyError
+from pme_exporter.errors import DecodeError, ValueRefused, VerifyError, reason_of
 from pme_exporter.progress import current_life, read_stored_offsets
 from pme_exporter.schema import (
     CAST_TYPE,
@@ -235,6 +235,14 @@ def _stream(
         {**settings.kafka_config(), "enable.auto.commit": False, "enable.partition.eof": False}
     )
     try:
+        # The topic is read even when nothing was exported from it: "all match" must mean
+        # that Kafka was asked, not that it could not be reached.
+        try:
+            described = consumer.list_topics(topic, timeout=10.0).topics.get(topic)
+        except KafkaException as exc:
+            raise VerifyError(f"Kafka at {settings.kafka_url} did not answer: {reason_of(exc)}") from None
+        if described is None or described.error is not None:
+            raise VerifyError(f"the topic {topic} does not exist at {settings.kafka_url}")
         starts: dict[int, int] = {}
         assignment = []
         for p, end in result.bounds.items():
