@@ -467,6 +467,7 @@ class ConsumerLoop:
             sorted(numbers),
             stored,
             f"; lanes {lanes}" if len(self._lanes) > 1 else "",
+            extra={"partitions": sorted(numbers), "offsets": stored, "life": self._life},
         )
 
     def _stored_offsets(self, partitions: list[int]) -> dict[int, int]:
@@ -544,7 +545,7 @@ class ConsumerLoop:
                 log.error("%s", exc)
                 drained = False
             if drained:
-                log.info("Revoked partitions %s after flushing", numbers)
+                log.info("Revoked partitions %s after flushing", numbers, extra={"partitions": numbers})
             else:
                 log.warning("Gave up partitions %s with writes left for the next owner", numbers)
             self._progress.revoke(numbers)
@@ -560,7 +561,7 @@ class ConsumerLoop:
         self._unplace(numbers)
         for p in numbers:
             self._forget_lag(p)
-        log.info("Revoked partitions %s after flushing", numbers)
+        log.info("Revoked partitions %s after flushing", numbers, extra={"partitions": numbers})
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost, not revoked: another member may own them already. Drop what we

@@ -120,6 +120,12 @@ class Flusher:
             result: FlushReport | BaseException
             try:
                 result = self._write_with_retry(batch)
+                since = self.retrying_since
+                if since is not None:
+                    log.warning(
+                        "The database is back: the write succeeded after %.0f s of retries",
+                        time.monotonic() - since,
+                    )
                 self._on_report(result)
             except BaseException as exc:  # handed to the consumer thread, which decides
                 result = exc

@@ -66,19 +66,25 @@ class RateLimit(logging.Filter):
         return True
 
 
+# What every LogRecord carries; anything else on a record came from ``extra=``.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
 class JsonLogFormatter(logging.Formatter):
-    """One JSON object a line: time, level, logger, message (and the exception, if any)."""
+    """One JSON object a line: time, level, logger, message, the fields given with ``extra=``
+    (partitions, lane, events, duration_ms, ...) and the exception, if any."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, str] = {
+        line: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        line.update((k, v) for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(line).decode()
+        return orjson.dumps(line, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def configure_logging(*, level: int, json_lines: bool) -> None:
@@ -93,4 +99,6 @@ def configure_logging(*, level: int, json_lines: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("pme_exporter.kafka").addFilter(RateLimit(KAFKA_LOG_INTERVAL_S))
+    # Libraries that repeat themselves while a server is away: one line a kind a minute.
+    for chatty in ("pme_exporter.kafka", "psycopg.pool"):
+        logging.getLogger(chatty).addFilter(RateLimit(KAFKA_LOG_INTERVAL_S))

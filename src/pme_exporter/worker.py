@@ -7,6 +7,7 @@ import logging
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -264,6 +265,61 @@ def retrying_since(flushers: Sequence[Flusher]) -> float | None:
     return min((f.retrying_since for f in flushers if f.retrying_since is not None), default=None)
 
 
+class FlushSummary:
+    """One INFO line a minute of what the flushes did, where a line a flush would make the log
+    grow with the traffic; each flush's own line is DEBUG. Thread-safe (every lane reports)."""
+
+    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._since = clock()
+        self._flushes = self._events = self._dead_letters = 0
+        self._slowest_s = 0.0
+        self._rows: Counter[str] = Counter()
+
+    def add(self, report: FlushReport, rows: Counter[str]) -> None:
+        with self._lock:
+            self._flushes += 1
+            self._events += report.events
+            self._dead_letters += len(report.dead_letters)
+            self._slowest_s = max(self._slowest_s, report.total_s)
+            self._rows.update(rows)
+        if self._clock() - self._since >= self._interval_s:
+            self.write()
+
+    def write(self, *, final: bool = False) -> None:
+        """Logs what was flushed since the last line (nothing when nothing was), and starts over."""
+        with self._lock:
+            now = self._clock()
+            flushes, events, dead, slowest, rows = (
+                self._flushes, self._events, self._dead_letters, self._slowest_s, +self._rows
+            )  # fmt: skip
+            seconds = now - self._since
+            self._since, self._flushes, self._events, self._dead_letters, self._slowest_s = now, 0, 0, 0, 0.0
+            self._rows = Counter()
+        if not flushes:
+            return
+        log.info(
+            "%s %.0f s: %d events in %d flushes (slowest %.0f ms): %s; %d dead letters",
+            "Flushed in the last" if not final else "Flushed in the final",
+            seconds,
+            events,
+            flushes,
+            slowest * 1000,
+            ", ".join(f"{n} {outcome}" for outcome, n in rows.items()) or "no rows",
+            dead,
+            extra={
+                "events": events,
+                "flushes": flushes,
+                "rows": dict(rows),
+                "dead_letters": dead,
+                "slowest_flush_ms": round(slowest * 1000, 1),
+                "seconds": round(seconds, 1),
+            },
+        )
+
+
 class Probes:
     """What ``/readyz`` and ``/healthz`` answer from the first second: until the worker runs,
     ``/readyz`` is 503 with the start-up phase ("starting: waiting for Kafka at ...") and
@@ -347,28 +403,23 @@ def _run(settings: Settings, stop: threading.Event, metrics: Metrics, probes: Pr
         on_connection_dropped=metrics.db_connections_dropped.inc,
     )
 
+    summary = FlushSummary()
+
     def on_report(report: FlushReport) -> None:
         metrics.record_flush(report, time.time())
         totals = count_outcomes(report)
-        log.log(
-            logging.INFO if report.events or totals["adopted"] else logging.DEBUG,
-            "Flushed %d events in %.0f ms (copy %.0f, upsert %.0f, commit %.0f): "
-            "%d inserted, %d updated, %d stale, %d duplicate, %d carried, %d parked, %d adopted, "
-            "%d dead letters",
+        log.debug(
+            "Flushed %d events in %.0f ms (copy %.0f, upsert %.0f, commit %.0f): %s, %d dead letters",
             report.events,
             report.total_s * 1000,
             sum(o.copy_s for o in report.tables.values()) * 1000,
             sum(o.apply_s for o in report.tables.values()) * 1000,
             report.commit_s * 1000,
-            totals["inserted"],
-            totals["updated"],
-            totals["stale"],
-            totals["duplicate"],
-            totals["carried"],
-            totals["parked"],
-            totals["adopted"],
+            ", ".join(f"{n} {outcome}" for outcome, n in totals.items()),
             len(report.dead_letters),
+            extra={"events": report.events, "duration_ms": round(report.total_s * 1000, 1), "rows": totals},
         )
+        summary.add(report, totals)
 
     flushers = [
         Flusher(
@@ -425,6 +476,7 @@ def _run(settings: Settings, stop: threading.Event, metrics: Metrics, probes: Pr
     try:
         loop.run(stop)
     finally:
+        summary.write(final=True)
         # The loop spent the shutdown deadline; what is still being written is
         # left uncommitted (read again next run) rather than waited for.
         close_all(flushers, timeout_s=0.5)

@@ -63,6 +63,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
         kafka_topic=topic,
         kafka_group_id=topic,
         kafka_group_instance_id="crash-worker",
+        log_level="DEBUG",  # each flush's line says what it carried; a killed worker writes no summary
         flush_lanes=2,
         max_batch_events=3_000,
         max_buffered_events=6_000,
@@ -123,6 +124,7 @@ def test_database_outage_is_survived_without_restart(
         wait_exported(s.conninfo(), topic, ends_of(located), timeout_s=180)
         assert http_status(free_port, "/readyz") == 200
         assert total(scrape(free_port), "pme_exporter_db_retries_total") > 0
+        assert "The database is back: the write succeeded after" in worker.log_tail(400)
     finally:
         code = worker.terminate() if worker.proc.poll() is None else worker.proc.returncode
         run_up()  # whatever happened, leave PostgreSQL running for the next test
