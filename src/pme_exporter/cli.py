@@ -525,8 +525,11 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
 
             check_kafka_properties(settings.kafka_config())
         if args.command == "config":
-            for name, value in described(settings):
-                print(f"{name}={value}")
+            try:
+                for name, value in described(settings):
+                    print(f"{name}={value}", flush=True)
+            except BrokenPipeError:  # `config | head`: the reader has what it wanted
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_OK
         if args.command == "migrate":
             from pme_exporter.migrate import migrate

@@ -231,3 +231,23 @@ def test_python_m_pme_exporter_tells_its_version() -> None:
 
     done = run_cli("--version")
     assert (done.returncode, done.stdout.strip()) == (0, f"pme-exporter {__version__}")
+
+
+def test_config_into_a_pipe_closed_early_ends_without_a_traceback() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pme_exporter", "config"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line (as `| head` after its lines)
+    errors = proc.stderr.read().decode()
+    assert proc.wait(60) == 0, errors
+    assert "Traceback" not in errors and "BrokenPipe" not in errors
+
+
+def test_a_reversed_date_range_is_refused_before_connecting() -> None:
+    done = run_cli("report", "trades_by_date", "--from", "2025-11-29", "--to", "2025-11-01")
+    assert done.returncode == EXIT_USAGE
+    assert "--from 2025-11-29 is after --to 2025-11-01" in done.stderr

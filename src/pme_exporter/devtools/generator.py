@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from pme_exporter.kafka_config import KAFKA_LOG
+
 Event = tuple[bytes | None, bytes | None]  # (key, value); value None is a tombstone
 
 JAKARTA = timezone(timedelta(hours=7))
@@ -234,7 +236,8 @@ def _invalid_messages(ts: datetime) -> Iterator[Event]:
 def create_topic(bootstrap: str, topic: str, partitions: int, config: dict[str, Any] | None = None) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, **(config or {})})
+    settings: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": KAFKA_LOG, **(config or {})}
+    admin = AdminClient(settings)
     futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
     for future in futures.values():
         future.result(timeout=30)
@@ -265,6 +268,7 @@ def publish(
             "queue.buffering.max.messages": 500_000,
             "enable.idempotence": True,
             "compression.type": compression,
+            "logger": KAFKA_LOG,
             **(config or {}),  # security settings, for a secured broker
         }
     )

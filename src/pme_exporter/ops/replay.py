@@ -15,6 +15,7 @@ from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from pme_exporter.errors import KafkaFatalError
+from pme_exporter.kafka_config import KAFKA_LOG
 from pme_exporter.progress import set_stored_offsets
 from pme_exporter.schema import TABLES, children_of
 from pme_exporter.settings import Settings
@@ -44,7 +45,7 @@ def with_children(tables: tuple[str, ...]) -> tuple[str, ...]:
 
 def active_members(settings: Settings, timeout_s: float = 10.0) -> int:
     """Members of the workers' consumer group now (0 when the group is empty or unknown)."""
-    admin = AdminClient(settings.kafka_admin_config())
+    admin = AdminClient(settings.kafka_admin_config(logger=KAFKA_LOG))
     futures = admin.describe_consumer_groups([settings.kafka_group_id], request_timeout=timeout_s)
     try:
         group = futures[settings.kafka_group_id].result(timeout=timeout_s)
@@ -68,7 +69,7 @@ def plan_replay(
     timeout_s: float = 10.0,
 ) -> ReplayPlan:
     """Where each partition's next run starts: its first offset, the first at or after a time, or one given."""
-    consumer = Consumer({**settings.kafka_config(), "enable.auto.commit": False})
+    consumer = Consumer({**settings.kafka_config(), "enable.auto.commit": False, "logger": KAFKA_LOG})
     try:
         metadata = consumer.list_topics(settings.kafka_topic, timeout=timeout_s)
         topic = metadata.topics.get(settings.kafka_topic)

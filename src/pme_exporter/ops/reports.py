@@ -119,6 +119,14 @@ def query(report: Report, filters: Filters) -> tuple[sql.Composed, dict[str, Any
     if filters.date_from is not None or filters.date_to is not None:
         if report.date_column is None:
             raise ReportError(f"report {report.name} has no date to filter by")
+        if (
+            filters.date_from is not None
+            and filters.date_to is not None
+            and filters.date_from > filters.date_to
+        ):
+            raise ReportError(
+                f"--from {filters.date_from} is after --to {filters.date_to}: no day is in between"
+            )
         column = sql.Identifier(report.date_column)
         # A whole day either side, whether the column holds dates or instants.
         if filters.date_from is not None:

@@ -14,6 +14,7 @@ from datetime import datetime
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
+from pme_exporter.kafka_config import KAFKA_LOG
 from pme_exporter.progress import last_saved_at, read_stored_offsets
 from pme_exporter.settings import Settings
 
@@ -64,7 +65,7 @@ def read_status(settings: Settings, timeout_s: float = 10.0) -> Status:
         ).fetchone()
         status.parked_children = int(parked[0]) if parked else 0
     # A consumer of the workers' group that never subscribes: it reads, it does not join.
-    consumer = Consumer({**settings.kafka_config(), "enable.auto.commit": False})
+    consumer = Consumer({**settings.kafka_config(), "enable.auto.commit": False, "logger": KAFKA_LOG})
     try:
         metadata = consumer.list_topics(settings.kafka_topic, timeout=timeout_s)
         topic = metadata.topics.get(settings.kafka_topic)

@@ -39,6 +39,7 @@ from psycopg import sql
 
 from pme_exporter.decode import NULL, Decoder, copy_fields
 from pme_exporter.errors import DecodeError, ValueRefused, VerifyError, reason_of
+from pme_exporter.kafka_config import KAFKA_LOG
 from pme_exporter.progress import current_life, read_stored_offsets
 from pme_exporter.schema import (
     CAST_TYPE,
@@ -232,7 +233,12 @@ def _stream(
     topic = result.topic
     copier = _Copier(conn)
     consumer = Consumer(
-        {**settings.kafka_config(), "enable.auto.commit": False, "enable.partition.eof": False}
+        {
+            **settings.kafka_config(),
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            "logger": KAFKA_LOG,
+        }
     )
     try:
         # The topic is read even when nothing was exported from it: "all match" must mean
