@@ -112,6 +112,33 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
     return applied_now
 
 
+def check_migrations(conninfo: str, directory: Path | None = None) -> list[str]:
+    """Applies nothing: raises MigrationError naming the migrations not applied yet, one
+    changed after it was applied, or one newer than this version knows; returns the versions
+    applied. For workers whose database an owner migrates (``PME_MIGRATE=check``)."""
+    migrations = load_migrations(directory)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        check_encoding(conn)
+        exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+        if not (exists and exists[0]):
+            raise MigrationError("the database is not migrated; run pme-exporter migrate as its owner first")
+        refuse_newer(conn, migrations)
+        done: dict[str, str] = dict(
+            conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
+        )
+    changed = [m for m in migrations if m.version in done and done[m.version] != m.checksum]
+    if changed:
+        raise MigrationError(
+            f"migration {changed[0].version}_{changed[0].name}.sql was changed after it was applied"
+        )
+    pending = [f"{m.version}_{m.name}" for m in migrations if m.version not in done]
+    if pending:
+        raise MigrationError(
+            f"migrations not applied yet: {', '.join(pending)}; run pme-exporter migrate as the owner first"
+        )
+    return sorted(done)
+
+
 def refuse_newer(conn: psycopg.Connection[Any], migrations: list[Migration]) -> None:
     """Raises MigrationError when the database carries a migration this version does not know:
     a newer pme-exporter migrated it, and this one would write to tables it does not understand."""

@@ -94,6 +94,10 @@ class Settings:
     # window of messages dead-lettered for one reason halts the worker; 1 turns it off.
     breaker_window: int = 1_000
     breaker_ratio: float = 0.25
+    # At start-up: "auto" applies pending migrations (the local stack, Compose), "check" only
+    # refuses a database with pending or newer ones (workers beside a migration Job), "off"
+    # does neither.
+    migrate: str = "auto"
     # A subscribed topic that does not exist for this long is fatal (EXIT_KAFKA).
     topic_wait_s: float = 60.0
     # A topic deleted and created again under the same name (a new topic ID): "restart"
@@ -145,6 +149,7 @@ class Settings:
         _check(self.log_level in _LOG_LEVELS, "PME_LOG_LEVEL", f"must be one of {', '.join(_LOG_LEVELS)}")
         _check(self.log_format in ("text", "json"), "PME_LOG_FORMAT", "must be text or json")
         _check(self.topic_recreated in ("restart", "stop"), "PME_TOPIC_RECREATED", "must be restart or stop")
+        _check(self.migrate in ("auto", "check", "off"), "PME_MIGRATE", "must be auto, check or off")
         _check(bool(self.kafka_url.strip()), "KAFKA_URL", "must name at least one broker host:port")
         for broker in self.kafka_url.split(","):
             host, sep, port = broker.strip().rpartition(":")
@@ -506,6 +511,7 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("PME_BREAKER_RATIO", "breaker_ratio", _positive_float),
     ("PME_TOPIC_WAIT_S", "topic_wait_s", _positive_float),
     ("PME_TOPIC_RECREATED", "topic_recreated", _lower),
+    ("PME_MIGRATE", "migrate", _lower),
     ("PME_KAFKA_STARTUP_WAIT_S", "kafka_startup_wait_s", _positive_float),
     ("PME_DB_STARTUP_WAIT_S", "db_startup_wait_s", _positive_float),
     ("PME_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", "db_idle_in_transaction_timeout_ms", int),

@@ -23,7 +23,7 @@ from pme_exporter.flusher import Flusher, close_all
 from pme_exporter.kafka_config import KAFKA_LOG, consumer_config
 from pme_exporter.logs import ledger_log
 from pme_exporter.metrics import HealthServer, Metrics
-from pme_exporter.migrate import migrate
+from pme_exporter.migrate import check_migrations, migrate
 from pme_exporter.schema import live_column_types
 from pme_exporter.settings import Settings
 from pme_exporter.sink import FlushReport, PostgresSink, count_outcomes
@@ -135,6 +135,14 @@ def wait_for_kafka(
             raise Stopped("stopped while waiting for Kafka")
 
 
+# What start-up does about migrations, by PME_MIGRATE; each returns the versions it applied.
+STEPS: dict[str, Callable[[str], list[str]]] = {
+    "auto": migrate,
+    "check": lambda conninfo: check_migrations(conninfo) and [],
+    "off": lambda conninfo: [],
+}
+
+
 def migrate_with_retry(
     settings: Settings, stop: threading.Event, phase: Callable[[str], None] = lambda _words: None
 ) -> list[str]:
@@ -151,7 +159,7 @@ def migrate_with_retry(
     delay = 0.5
     while True:
         try:
-            return _interruptible(lambda: migrate(conninfo), stop, "the database")
+            return _interruptible(lambda: STEPS[settings.migrate](conninfo), stop, "the database")
         except psycopg.Error as exc:
             if not is_retryable(exc):
                 raise
@@ -381,7 +389,7 @@ def _run(settings: Settings, stop: threading.Event, metrics: Metrics, probes: Pr
         settings.kafka_group_id,
     )
     log.info("Database: %s", settings.db_target())
-    probes.phase(f"starting: migrating the database at {settings.db_target()}")
+    probes.phase(f"starting: {settings.migrate} migrations of the database at {settings.db_target()}")
     applied = migrate_with_retry(settings, stop, probes.phase)
     log.info("Database schema ready (%d migrations applied now)", len(applied))
     probes.phase(f"starting: waiting for Kafka at {settings.kafka_url}")

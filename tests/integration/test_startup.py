@@ -183,3 +183,23 @@ def test_probes_answer_from_the_first_seconds_while_a_server_is_unreachable(
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == EXIT_OK, out
+
+
+@pytest.mark.parametrize("state", ["unmigrated", "one migration pending"])
+def test_a_worker_that_only_checks_migrations_refuses_a_database_not_migrated_for_it(
+    base_settings: Settings, settings: Settings, empty_db: str, state: str
+) -> None:
+    newest = load_migrations()[-1]
+    if state == "unmigrated":
+        s, says = base_settings.replace(db_name=empty_db), "the database is not migrated"
+    else:
+        with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+            conn.execute("DELETE FROM schema_migrations WHERE version = %s", (newest.version,))
+        s, says = settings, f"migrations not applied yet: {newest.version}_{newest.name}"
+    proc = start(s, PME_MIGRATE="check")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_MIGRATION, out
+    assert says in out and "Traceback" not in out
+    with psycopg.connect(s.conninfo()) as conn:  # and it applied nothing
+        row = conn.execute("SELECT to_regclass('exporter_topic_lives') IS NOT NULL").fetchone()
+    assert row == (state != "unmigrated",)

@@ -69,6 +69,11 @@ def test_kubernetes_manifests_validate_against_the_api_schema() -> None:
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    budget = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    job = next(d for d in docs if d["kind"] == "Job")["spec"]["template"]["spec"]["containers"][0]
+    assert job["args"] == ["migrate"] and {"name": "DB_USER", "value": "pme_owner"} in job["env"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["resources"]["limits"] and container["resources"]["requests"]
     password = next(e for e in container["env"] if e["name"] == "DB_PASSWORD")
@@ -76,6 +81,23 @@ def test_kubernetes_manifests_validate_against_the_api_schema() -> None:
     config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
     known = {name for name, _ in ENVIRONMENT_VARIABLES}
     assert set(config) <= known, set(config) - known
+    # The README's roles and a verified server certificate; workers only check migrations.
+    assert (config["DB_USER"], config["DB_SSLMODE"], config["PME_MIGRATE"]) == (
+        "pme_worker",
+        "verify-full",
+        "check",
+    )
+
+
+def test_the_optional_service_monitor_scrapes_the_metrics_service() -> None:
+    monitor = yaml.safe_load((DEPLOY / "k8s" / "servicemonitor.yaml").read_text())
+    service = next(
+        d
+        for d in yaml.safe_load_all((DEPLOY / "k8s" / "exporter.yaml").read_text())
+        if d["kind"] == "Service"
+    )
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in service["spec"]["ports"]]
 
 
 def test_compose_file_matches_the_compose_spec() -> None:
