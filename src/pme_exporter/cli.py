@@ -109,20 +109,25 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the plan, and whether it was applied, as JSON"
     )
     retention = sub.add_parser("retention", help="archive or purge rows whose latest state is old")
-    retention.add_argument("action", choices=("archive", "purge"))
-    retention.add_argument(
-        "--older-than", type=_duration, required=True, help="e.g. 90d or 1y (365 days) before now"
-    )
-    retention.add_argument(
-        "--tables",
-        type=_tables_of(RETAINED, "retained tables"),
-        help="comma-separated, default: all of " + ",".join(RETAINED),
-    )
-    retention.add_argument("--batch-size", type=_int_at_least(1), default=1000, help="rows per transaction")
-    retention.add_argument("--pause-ms", type=_int_at_least(0), default=0, help="pause between batches")
-    retention.add_argument("--dry-run", action="store_true", help="print what would move; change nothing")
-    retention.add_argument("--yes", action="store_true", help="purge without asking")
-    retention.add_argument("--json", action="store_true", help="print JSON")
+    actions = retention.add_subparsers(dest="action", required=True)
+    for action, does in (
+        ("archive", "move old rows into <table>_archive, children first"),
+        ("purge", "delete old rows (and their archives) for good, children first"),
+    ):
+        chosen = actions.add_parser(action, help=does, description=does)
+        chosen.add_argument(
+            "--older-than", type=_duration, required=True, help="e.g. 90d or 1y (365 days) before now"
+        )
+        chosen.add_argument(
+            "--tables",
+            type=_tables_of(RETAINED, "retained tables"),
+            help="comma-separated, default: all of " + ",".join(RETAINED),
+        )
+        chosen.add_argument("--batch-size", type=_int_at_least(1), default=1000, help="rows per transaction")
+        chosen.add_argument("--pause-ms", type=_int_at_least(0), default=0, help="pause between batches")
+        chosen.add_argument("--dry-run", action="store_true", help="print what would move; change nothing")
+        chosen.add_argument("--yes", action="store_true", help="purge without asking")
+        chosen.add_argument("--json", action="store_true", help="print JSON")
     verify = sub.add_parser(
         "verify", help="reconcile the tables with the topic up to the exported offsets (read-only)"
     )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import socket
 import subprocess
 import sys
 
@@ -10,13 +13,16 @@ from tests.stack import Stack
 
 
 def test_demo_exports_a_trading_day_and_prints_what_landed(stack: Stack) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pme_exporter", "demo", "--orders", "300"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **stack.env, "PME_METRICS_PORT": "0"},
-    )
+    with contextlib.ExitStack() as held:
+        with contextlib.suppress(OSError):  # the default metrics port taken: the demo needs none
+            held.enter_context(socket.create_server(("0.0.0.0", 9108)))  # noqa: S104
+        proc = subprocess.run(
+            [sys.executable, "-m", "pme_exporter", "demo", "--orders", "300"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, **stack.env},
+        )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "Rows per table:" in out and "Open borrowing by instrument" in out and "Order book by state" in out
@@ -38,3 +44,22 @@ def test_demo_exports_a_trading_day_and_prints_what_landed(stack: Stack) -> None
         "sqlstate_22001",
     ):
         assert reason in dead, reason
+    # The lines it ends with take an operator to its data: status and verify on it.
+    exports = re.search(r"export DB_NAME=(\S+) KAFKA_TOPIC=(\S+) PME_GROUP_ID=(\S+)", out)
+    assert exports is not None, out[-1500:]
+    env = {
+        **os.environ,
+        **stack.env,
+        "DB_NAME": exports[1],
+        "KAFKA_TOPIC": exports[2],
+        "PME_GROUP_ID": exports[3],
+    }
+    for command in (["status"], ["verify"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "pme_exporter", *command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

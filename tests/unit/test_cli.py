@@ -251,3 +251,9 @@ def test_a_reversed_date_range_is_refused_before_connecting() -> None:
     done = run_cli("report", "trades_by_date", "--from", "2025-11-29", "--to", "2025-11-01")
     assert done.returncode == EXIT_USAGE
     assert "--from 2025-11-29 is after --to 2025-11-01" in done.stderr
+
+
+@pytest.mark.parametrize("action", ["archive", "purge"])
+def test_retention_actions_have_their_own_help(action: str) -> None:
+    done = run_cli("retention", action, "--help")
+    assert done.returncode == 0 and done.stdout.startswith(f"usage: pme-exporter retention {action} ")

@@ -18,7 +18,7 @@ from psycopg import sql
 from pme_exporter.devtools.databases import create_database
 from pme_exporter.devtools.generator import create_topic, produce, trading_day
 from pme_exporter.devtools.stack import given_servers, servers_env, stored_offsets
-from pme_exporter.errors import EXIT_FAILURE, EXIT_OK
+from pme_exporter.errors import EXIT_FAILURE, EXIT_OK, reason_of
 from pme_exporter.ops import reports
 from pme_exporter.schema import TABLES
 from pme_exporter.settings import Settings
@@ -37,7 +37,10 @@ def run_demo(settings: Settings, *, orders: int, seed: int) -> int:
     base = Settings.from_env(servers_env())
     topic = f"pme-ledger-demo-{int(time.time())}"
     create_database(base.conninfo(), DEMO_DB, replace=True)
-    demo = base.replace(kafka_topic=topic, kafka_group_id=topic, db_name=DEMO_DB, database_url=None)
+    # No probes: the demo's worker lives for a minute, and a port in use would only get in the way.
+    demo = base.replace(
+        kafka_topic=topic, kafka_group_id=topic, db_name=DEMO_DB, database_url=None, metrics_port=0
+    )
 
     create_topic(demo.kafka_url, topic, partitions=3)
     started = time.monotonic()
@@ -61,13 +64,24 @@ def run_demo(settings: Settings, *, orders: int, seed: int) -> int:
     elapsed = time.monotonic() - started
     stop.set()
     worker.join()
-    if failure or not caught_up:
-        print(f"The exporter did not catch up: {failure[0] if failure else 'timed out'}")
+    if failure:
+        print(f"The exporter stopped: {reason_of(failure[0])}")
+        return EXIT_FAILURE
+    if not caught_up:
+        print(f"The exporter did not catch up within {CATCH_UP_TIMEOUT_S:.0f} s")
         return EXIT_FAILURE
     print(
         f"Exported {produced} events in {elapsed:.1f} s ({produced / elapsed:,.0f} events/s incl. start-up)\n"
     )
     _print_report(demo)
+    print(
+        f"\nThe demo's rows are in database {DEMO_DB}, from topic {topic}. To operate on them:\n"
+        '  eval "$(deploy/local/up)"\n'
+        f"  export DB_NAME={DEMO_DB} KAFKA_TOPIC={topic} PME_GROUP_ID={topic}\n"
+        "  pme-exporter status\n"
+        "  pme-exporter verify\n"
+        "  pme-exporter report order_book"
+    )
     return EXIT_OK
 
 
