@@ -101,4 +101,6 @@ def configure_logging(*, level: int, json_lines: bool) -> None:
     root.setLevel(level)
     # Libraries that repeat themselves while a server is away: one line a kind a minute.
     for chatty in ("pme_exporter.kafka", "psycopg.pool"):
-        logging.getLogger(chatty).addFilter(RateLimit(KAFKA_LOG_INTERVAL_S))
+        logger = logging.getLogger(chatty)
+        logger.filters[:] = [f for f in logger.filters if not isinstance(f, RateLimit)]
+        logger.addFilter(RateLimit(KAFKA_LOG_INTERVAL_S))
