@@ -26,11 +26,8 @@ def test_demo_exports_a_trading_day_and_prints_what_landed(stack: Stack) -> None
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "Rows per table:" in out and "Open borrowing by instrument" in out and "Order book by state" in out
-    counts = {
-        line.split()[0]: int(line.split()[1])
-        for line in out.splitlines()
-        if line.startswith("  ") and len(line.split()) == 2
-    }
+    rows_block = out.split("Rows per table:\n", 1)[1].split("\n\n", 1)[0]
+    counts = {line.split()[0]: int(line.split()[1]) for line in rows_block.splitlines()}
     assert counts["orders"] == 300 and counts["contracts"] == 2 * counts["trades"] > 0
     assert counts["instruments"] == 12
     assert "(pme-exporter report open_borrowing)" in out and "(pme-exporter report order_book)" in out
