@@ -30,155 +30,203 @@ _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "G
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _upper(raw: str) -> str:
+    return raw.strip().upper()
+
+
+def _lower(raw: str) -> str:
+    return raw.strip().lower()
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value == float("inf"):  # also refuses nan
+        raise ValueError(raw)
+    return value
+
+
+_KIND: dict[Callable[[str], Any], str] = {int: "whole number", _text: "text", _upper: "text", _lower: "text"}
+_KIND[_positive_float] = "positive number"
+
+
+def setting(
+    default: Any, variable: str, parse: Callable[[str], Any], *, secret: bool = False, not_empty: bool = False
+) -> Any:
+    """A setting's default, the environment variable it is read from and how. A secret stays out of
+    repr and may come from a file; a ``not_empty`` one set to nothing is an error, not the default."""
+    metadata = {"variable": variable, "parse": parse, "secret": secret, "not_empty": not_empty}
+    return field(default=default, repr=not secret, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class Settings:
-    kafka_url: str = "localhost:9092"
-    kafka_topic: str = "pme-ledger"
-    kafka_group_id: str = "pme-exporter"
+    kafka_url: str = setting("localhost:9092", "KAFKA_URL", _text, not_empty=True)
+    kafka_topic: str = setting("pme-ledger", "KAFKA_TOPIC", _text, not_empty=True)
+    kafka_group_id: str = setting("pme-exporter", "PME_GROUP_ID", _text)
     # Static membership: a restarted worker with the same id takes its partitions
     # back at once instead of waiting out the session timeout (use the pod name).
-    kafka_group_instance_id: str | None = None
-    kafka_session_timeout_ms: int = 45_000
-    kafka_security_protocol: str = "PLAINTEXT"
-    kafka_sasl_mechanism: str | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: str | None = field(default=None, repr=False)
-    kafka_ssl_ca_location: str | None = None
-    kafka_ssl_certificate_location: str | None = None
-    kafka_ssl_key_location: str | None = None
-    kafka_ssl_key_password: str | None = field(default=None, repr=False)
-    db_host: str = "localhost"
-    db_port: int = 5432
-    db_user: str = "postgres"
-    db_password: str = field(default="", repr=False)
-    db_name: str = "pme"
-    db_sslmode: str = "prefer"
+    kafka_group_instance_id: str | None = setting(None, "PME_GROUP_INSTANCE_ID", _text)
+    kafka_session_timeout_ms: int = setting(45_000, "PME_KAFKA_SESSION_TIMEOUT_MS", int)
+    kafka_security_protocol: str = setting("PLAINTEXT", "KAFKA_SECURITY_PROTOCOL", _upper)
+    kafka_sasl_mechanism: str | None = setting(None, "KAFKA_SASL_MECHANISM", _upper)
+    kafka_sasl_username: str | None = setting(None, "KAFKA_SASL_USERNAME", _text)
+    kafka_sasl_password: str | None = setting(None, "KAFKA_SASL_PASSWORD", str, secret=True)
+    kafka_ssl_ca_location: str | None = setting(None, "KAFKA_SSL_CA_LOCATION", _text)
+    kafka_ssl_certificate_location: str | None = setting(None, "KAFKA_SSL_CERTIFICATE_LOCATION", _text)
+    kafka_ssl_key_location: str | None = setting(None, "KAFKA_SSL_KEY_LOCATION", _text)
+    kafka_ssl_key_password: str | None = setting(None, "KAFKA_SSL_KEY_PASSWORD", str, secret=True)
+    db_host: str = setting("localhost", "DB_HOST", _text, not_empty=True)
+    db_port: int = setting(5432, "DB_PORT", int)
+    db_user: str = setting("postgres", "DB_USER", _text, not_empty=True)
+    db_password: str = setting("", "DB_PASSWORD", str, secret=True)
+    db_name: str = setting("pme", "DB_NAME", _text, not_empty=True)
+    db_sslmode: str = setting("prefer", "DB_SSLMODE", _text)
     # The CA that signed the server's certificate (libpq's sslrootcert), for verify-ca/verify-full.
-    db_sslrootcert: str | None = None
-    database_url: str | None = field(default=None, repr=False)
-    max_batch_events: int = 30_000
-    flush_interval_ms: int = 500
+    db_sslrootcert: str | None = setting(None, "DB_SSLROOTCERT", _text)
+    database_url: str | None = setting(None, "DATABASE_URL", _text, secret=True, not_empty=True)
+    max_batch_events: int = setting(30_000, "PME_MAX_BATCH_EVENTS", int)
+    flush_interval_ms: int = setting(500, "PME_FLUSH_INTERVAL_MS", int)
     # An idle lane flushes a batch this old at once (adaptive flushing); 0: wait for N or T.
-    flush_linger_ms: int = 20
+    flush_linger_ms: int = setting(20, "PME_FLUSH_LINGER_MS", int)
     # Database connections that flush at once, each for its own share of the partitions.
     # In five of six harness runs on 2 shared cores, 2 lanes beat 1 by 3.5-21% (README Performance).
-    flush_lanes: int = 2
+    flush_lanes: int = setting(2, "PME_FLUSH_LANES", int)
     # Events buffered in all lanes' batches, beside the one batch per lane being
     # written. With N = 30000, a bound of 30000 held peak RSS on a 1M backlog
     # to 157 MB where 60000 took 187 MB, at the same speed (README Performance).
-    max_buffered_events: int = 30_000
-    metrics_port: int = 9108
+    max_buffered_events: int = setting(30_000, "PME_MAX_BUFFERED_EVENTS", int)
+    metrics_port: int = setting(9108, "PME_METRICS_PORT", int)
     # A larger message is a dead letter (reason too_large) before it is parsed.
-    max_message_bytes: int = 1_048_576
-    log_level: str = "INFO"
-    log_format: str = "text"  # or "json", one object a line, for log pipelines
-    shutdown_deadline_s: float = 30.0
-    ready_max_retry_s: float = 30.0
+    max_message_bytes: int = setting(1_048_576, "PME_MAX_MESSAGE_BYTES", int)
+    log_level: str = setting("INFO", "PME_LOG_LEVEL", _upper)
+    log_format: str = setting("text", "PME_LOG_FORMAT", _text)  # or "json", one object a line
+    shutdown_deadline_s: float = setting(30.0, "PME_SHUTDOWN_DEADLINE_S", _positive_float)
+    ready_max_retry_s: float = setting(30.0, "PME_READY_MAX_RETRY_S", _positive_float)
     # /readyz fails when events have waited this long with no flush committing.
-    ready_max_stall_s: float = 60.0
+    ready_max_stall_s: float = setting(60.0, "PME_READY_MAX_STALL_S", _positive_float)
     # A flush waits at most this long for a row lock (then retries with backoff),
     # so a worker frozen inside its transaction cannot stall the new owner for long.
-    db_lock_timeout_ms: int = 5_000
+    db_lock_timeout_ms: int = setting(5_000, "PME_DB_LOCK_TIMEOUT_MS", int)
     # PostgreSQL ends a session idle inside a transaction this long (a frozen or
     # partitioned worker), releasing its locks; its batch is retried or re-read.
-    db_idle_in_transaction_timeout_ms: int = 15_000
+    db_idle_in_transaction_timeout_ms: int = setting(15_000, "PME_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", int)
     # PostgreSQL cancels a statement of the worker that runs this long (retried); the
     # worker itself cuts off a connection that has not answered for 1.5 times this
     # (a peer that stopped forwarding without closing), then reconnects.
-    db_statement_timeout_ms: int = 60_000
+    db_statement_timeout_ms: int = setting(60_000, "PME_DB_STATEMENT_TIMEOUT_MS", int)
     # /healthz fails (so an orchestrator restarts the worker) when events have been held
     # this long with no flush committing while no lane is waiting out a database outage,
     # or when the consumer loop has not turned for this long.
-    liveness_max_stall_s: float = 300.0
+    liveness_max_stall_s: float = setting(300.0, "PME_LIVENESS_MAX_STALL_S", _positive_float)
     # The dead-letter breaker (breaker.py): more than this share of the newest
     # window of messages dead-lettered for one reason halts the worker; 1 turns it off.
-    breaker_window: int = 1_000
-    breaker_ratio: float = 0.25
+    breaker_window: int = setting(1_000, "PME_BREAKER_WINDOW", int)
+    breaker_ratio: float = setting(0.25, "PME_BREAKER_RATIO", _positive_float)
     # At start-up: "auto" applies pending migrations (the local stack, Compose), "check" only
     # refuses a database with pending or newer ones (workers beside a migration Job), "off"
     # does neither.
-    migrate: str = "auto"
+    migrate: str = setting("auto", "PME_MIGRATE", _lower)
     # A subscribed topic that does not exist for this long is fatal (EXIT_KAFKA).
-    topic_wait_s: float = 60.0
+    topic_wait_s: float = setting(60.0, "PME_TOPIC_WAIT_S", _positive_float)
     # A topic deleted and created again under the same name (a new topic ID): "restart"
     # exports its new life from its first offset; "stop" ends the worker (EXIT_KAFKA) for an operator to decide.
-    topic_recreated: str = "restart"
+    topic_recreated: str = setting("restart", "PME_TOPIC_RECREATED", _lower)
     # At start-up, how long to wait for a Kafka broker to answer before EXIT_KAFKA,
     # and for an unreachable database before EXIT_DATABASE.
-    kafka_startup_wait_s: float = 60.0
-    db_startup_wait_s: float = 60.0
+    kafka_startup_wait_s: float = setting(60.0, "PME_KAFKA_STARTUP_WAIT_S", _positive_float)
+    db_startup_wait_s: float = setting(60.0, "PME_DB_STARTUP_WAIT_S", _positive_float)
     # librdkafka properties passed through as they are (PME_RDKAFKA_<NAME>); may hold secrets.
     kafka_extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        _check(self.max_batch_events >= 1, "PME_MAX_BATCH_EVENTS", "must be at least 1")
-        _check(self.flush_interval_ms >= 1, "PME_FLUSH_INTERVAL_MS", "must be at least 1")
+        _check(self.max_batch_events >= 1, VARIABLE_OF["max_batch_events"], "must be at least 1")
+        _check(self.flush_interval_ms >= 1, VARIABLE_OF["flush_interval_ms"], "must be at least 1")
         _check(
             0 <= self.flush_linger_ms <= self.flush_interval_ms,
-            "PME_FLUSH_LINGER_MS",
+            VARIABLE_OF["flush_linger_ms"],
             f"must be from 0 to PME_FLUSH_INTERVAL_MS ({self.flush_interval_ms})",
         )
-        _check(1 <= self.flush_lanes <= 16, "PME_FLUSH_LANES", "must be from 1 to 16")
+        _check(1 <= self.flush_lanes <= 16, VARIABLE_OF["flush_lanes"], "must be from 1 to 16")
         _check(
             self.max_buffered_events >= self.max_batch_events,
-            "PME_MAX_BUFFERED_EVENTS",
+            VARIABLE_OF["max_buffered_events"],
             f"must be at least PME_MAX_BATCH_EVENTS ({self.max_batch_events})",
         )
-        _check(self.max_message_bytes >= 1024, "PME_MAX_MESSAGE_BYTES", "must be at least 1024")
-        _check(0 <= self.metrics_port <= 65535, "PME_METRICS_PORT", "must be a port from 0 to 65535")
-        _check(1 <= self.db_port <= 65535, "DB_PORT", "must be a port from 1 to 65535")
+        _check(self.max_message_bytes >= 1024, VARIABLE_OF["max_message_bytes"], "must be at least 1024")
+        _check(0 <= self.metrics_port <= 65535, VARIABLE_OF["metrics_port"], "must be a port from 0 to 65535")
+        _check(1 <= self.db_port <= 65535, VARIABLE_OF["db_port"], "must be a port from 1 to 65535")
         _check(
             6_000 <= self.kafka_session_timeout_ms <= 300_000,
-            "PME_KAFKA_SESSION_TIMEOUT_MS",
+            VARIABLE_OF["kafka_session_timeout_ms"],
             "must be from 6000 to 300000 (the broker's default bounds)",
         )
-        _check(self.shutdown_deadline_s > 0, "PME_SHUTDOWN_DEADLINE_S", "must be positive")
-        _check(self.ready_max_retry_s > 0, "PME_READY_MAX_RETRY_S", "must be positive")
-        _check(self.ready_max_stall_s > 0, "PME_READY_MAX_STALL_S", "must be positive")
-        _check(self.db_lock_timeout_ms >= 1, "PME_DB_LOCK_TIMEOUT_MS", "must be at least 1")
-        _check(self.db_statement_timeout_ms >= 100, "PME_DB_STATEMENT_TIMEOUT_MS", "must be at least 100")
-        _check(self.liveness_max_stall_s > 0, "PME_LIVENESS_MAX_STALL_S", "must be positive")
-        _check(self.breaker_window >= 10, "PME_BREAKER_WINDOW", "must be at least 10")
-        _check(0 < self.breaker_ratio <= 1, "PME_BREAKER_RATIO", "must be above 0 and at most 1")
+        _check(self.shutdown_deadline_s > 0, VARIABLE_OF["shutdown_deadline_s"], "must be positive")
+        _check(self.ready_max_retry_s > 0, VARIABLE_OF["ready_max_retry_s"], "must be positive")
+        _check(self.ready_max_stall_s > 0, VARIABLE_OF["ready_max_stall_s"], "must be positive")
+        _check(self.db_lock_timeout_ms >= 1, VARIABLE_OF["db_lock_timeout_ms"], "must be at least 1")
+        _check(
+            self.db_statement_timeout_ms >= 100,
+            VARIABLE_OF["db_statement_timeout_ms"],
+            "must be at least 100",
+        )
+        _check(self.liveness_max_stall_s > 0, VARIABLE_OF["liveness_max_stall_s"], "must be positive")
+        _check(self.breaker_window >= 10, VARIABLE_OF["breaker_window"], "must be at least 10")
+        _check(0 < self.breaker_ratio <= 1, VARIABLE_OF["breaker_ratio"], "must be above 0 and at most 1")
         _check(
             self.db_idle_in_transaction_timeout_ms >= 1000,
-            "PME_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+            VARIABLE_OF["db_idle_in_transaction_timeout_ms"],
             "must be at least 1000",
         )
-        _check(self.db_sslmode in _SSLMODES, "DB_SSLMODE", f"must be one of {', '.join(_SSLMODES)}")
-        _check(self.log_level in _LOG_LEVELS, "PME_LOG_LEVEL", f"must be one of {', '.join(_LOG_LEVELS)}")
-        _check(self.log_format in ("text", "json"), "PME_LOG_FORMAT", "must be text or json")
-        _check(self.topic_recreated in ("restart", "stop"), "PME_TOPIC_RECREATED", "must be restart or stop")
-        _check(self.migrate in ("auto", "check", "off"), "PME_MIGRATE", "must be auto, check or off")
-        _check(bool(self.kafka_url.strip()), "KAFKA_URL", "must name at least one broker host:port")
+        _check(
+            self.db_sslmode in _SSLMODES, VARIABLE_OF["db_sslmode"], f"must be one of {', '.join(_SSLMODES)}"
+        )
+        _check(
+            self.log_level in _LOG_LEVELS,
+            VARIABLE_OF["log_level"],
+            f"must be one of {', '.join(_LOG_LEVELS)}",
+        )
+        _check(self.log_format in ("text", "json"), VARIABLE_OF["log_format"], "must be text or json")
+        _check(
+            self.topic_recreated in ("restart", "stop"),
+            VARIABLE_OF["topic_recreated"],
+            "must be restart or stop",
+        )
+        _check(self.migrate in ("auto", "check", "off"), VARIABLE_OF["migrate"], "must be auto, check or off")
+        _check(
+            bool(self.kafka_url.strip()), VARIABLE_OF["kafka_url"], "must name at least one broker host:port"
+        )
         for broker in self.kafka_url.split(","):
             host, sep, port = broker.strip().rpartition(":")
             _check(
                 bool(sep and host and port.isdigit()),
-                "KAFKA_URL",
+                VARIABLE_OF["kafka_url"],
                 f"broker {broker.strip()!r} is not host:port",
             )
-        _check(bool(self.kafka_topic.strip()), "KAFKA_TOPIC", "must not be empty")
-        _check(bool(self.kafka_group_id.strip()), "PME_GROUP_ID", "must not be empty")
+        _check(bool(self.kafka_topic.strip()), VARIABLE_OF["kafka_topic"], "must not be empty")
+        _check(bool(self.kafka_group_id.strip()), VARIABLE_OF["kafka_group_id"], "must not be empty")
         _check(
             self.kafka_security_protocol in _KAFKA_PROTOCOLS,
-            "KAFKA_SECURITY_PROTOCOL",
+            VARIABLE_OF["kafka_security_protocol"],
             f"must be one of {', '.join(_KAFKA_PROTOCOLS)}",
         )
         if self.kafka_security_protocol.startswith("SASL"):
             _check(
                 self.kafka_sasl_mechanism in _SASL_MECHANISMS,
-                "KAFKA_SASL_MECHANISM",
+                VARIABLE_OF["kafka_sasl_mechanism"],
                 f"must be one of {', '.join(_SASL_MECHANISMS)} when KAFKA_SECURITY_PROTOCOL is SASL_*",
             )
         if self.database_url is not None:
             parts = urlsplit(self.database_url)
             _check(
                 parts.scheme in ("postgres", "postgresql"),
-                "DATABASE_URL",
+                VARIABLE_OF["database_url"],
                 "must start with postgresql:// (the value is not shown: it may hold a password)",
             )
-            _check_connection_options(self.conninfo(), "DATABASE_URL")
+            _check_connection_options(self.conninfo(), VARIABLE_OF["database_url"])
 
     def conninfo(self) -> str:
         """The libpq connection string; contains the password, so never log it."""
@@ -202,13 +250,13 @@ class Settings:
     def check_files(self) -> None:
         """Every certificate and key file named is there and readable; else a ConfigError
         naming the variable (before any connection, whose error would be vaguer)."""
-        named = (
-            ("KAFKA_SSL_CA_LOCATION", self.kafka_ssl_ca_location),
-            ("KAFKA_SSL_CERTIFICATE_LOCATION", self.kafka_ssl_certificate_location),
-            ("KAFKA_SSL_KEY_LOCATION", self.kafka_ssl_key_location),
-            ("DB_SSLROOTCERT", self.db_sslrootcert),
+        files = (
+            "kafka_ssl_ca_location",
+            "kafka_ssl_certificate_location",
+            "kafka_ssl_key_location",
+            "db_sslrootcert",
         )
-        for variable, path in named:
+        for variable, path in ((VARIABLE_OF[attr], getattr(self, attr)) for attr in files):
             if path is None:
                 continue
             try:
@@ -317,33 +365,6 @@ def _check(ok: bool, variable: str, problem: str) -> None:
         raise ConfigError(f"{variable}: {problem}")
 
 
-def _text(raw: str) -> str:
-    return raw.strip()
-
-
-def _upper(raw: str) -> str:
-    return raw.strip().upper()
-
-
-def _lower(raw: str) -> str:
-    return raw.strip().lower()
-
-
-def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if not value > 0 or value == float("inf"):  # also refuses nan
-        raise ValueError(raw)
-    return value
-
-
-_KIND: dict[Callable[[str], Any], str] = {int: "whole number", _text: "text", _upper: "text", _lower: "text"}
-_KIND[_positive_float] = "positive number"
-_SECRET_ATTRS = frozenset({"db_password", "kafka_sasl_password", "kafka_ssl_key_password", "database_url"})
-# Set to nothing, these would silently fall back to a default that points elsewhere.
-_NOT_EMPTY = frozenset({"KAFKA_URL", "KAFKA_TOPIC", "DB_HOST", "DB_NAME", "DB_USER", "DATABASE_URL"})
-_SECRET_FILES = ("DB_PASSWORD", "KAFKA_SASL_PASSWORD", "KAFKA_SSL_KEY_PASSWORD", "DATABASE_URL")
-
-
 def _with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
     """``env`` with each ``<NAME>_FILE`` secret read into ``<NAME>`` (one trailing newline dropped):
     the secrets above, and any librdkafka property passed through (``PME_RDKAFKA_<NAME>_FILE``)."""
@@ -396,21 +417,20 @@ _TOOL_VARIABLES = frozenset(
 # librdkafka properties built from first-class variables: (property, variable, attribute).
 # With kafka_config.GUARANTEES and its callbacks, the properties the exporter manages:
 # a pass-through of one of them is refused, naming the variable that sets it.
-KAFKA_PROPERTIES: tuple[tuple[str, str, str], ...] = (
-    ("bootstrap.servers", "KAFKA_URL", "kafka_url"),
-    ("group.id", "PME_GROUP_ID", "kafka_group_id"),
-    ("security.protocol", "KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol"),
-    ("session.timeout.ms", "PME_KAFKA_SESSION_TIMEOUT_MS", "kafka_session_timeout_ms"),
-    ("group.instance.id", "PME_GROUP_INSTANCE_ID", "kafka_group_instance_id"),
-    ("sasl.mechanism", "KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism"),
-    ("sasl.username", "KAFKA_SASL_USERNAME", "kafka_sasl_username"),
-    ("sasl.password", "KAFKA_SASL_PASSWORD", "kafka_sasl_password"),
-    ("ssl.ca.location", "KAFKA_SSL_CA_LOCATION", "kafka_ssl_ca_location"),
-    ("ssl.certificate.location", "KAFKA_SSL_CERTIFICATE_LOCATION", "kafka_ssl_certificate_location"),
-    ("ssl.key.location", "KAFKA_SSL_KEY_LOCATION", "kafka_ssl_key_location"),
-    ("ssl.key.password", "KAFKA_SSL_KEY_PASSWORD", "kafka_ssl_key_password"),
+_KAFKA_ATTRIBUTES: tuple[tuple[str, str], ...] = (
+    ("bootstrap.servers", "kafka_url"),
+    ("group.id", "kafka_group_id"),
+    ("security.protocol", "kafka_security_protocol"),
+    ("session.timeout.ms", "kafka_session_timeout_ms"),
+    ("group.instance.id", "kafka_group_instance_id"),
+    ("sasl.mechanism", "kafka_sasl_mechanism"),
+    ("sasl.username", "kafka_sasl_username"),
+    ("sasl.password", "kafka_sasl_password"),
+    ("ssl.ca.location", "kafka_ssl_ca_location"),
+    ("ssl.certificate.location", "kafka_ssl_certificate_location"),
+    ("ssl.key.location", "kafka_ssl_key_location"),
+    ("ssl.key.password", "kafka_ssl_key_password"),
 )
-_SET_BY = {prop: variable for prop, variable, _ in KAFKA_PROPERTIES}
 _SECRET_WORDS = ("password", "secret", "pem", "oauthbearer.config", "token", "key")
 
 
@@ -472,52 +492,22 @@ def described(settings: Settings) -> list[tuple[str, str]]:
 
 
 # (environment variable, Settings attribute, parser); README documents each.
-_VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
-    ("KAFKA_URL", "kafka_url", _text),
-    ("KAFKA_TOPIC", "kafka_topic", _text),
-    ("PME_GROUP_ID", "kafka_group_id", _text),
-    ("PME_GROUP_INSTANCE_ID", "kafka_group_instance_id", _text),
-    ("PME_KAFKA_SESSION_TIMEOUT_MS", "kafka_session_timeout_ms", int),
-    ("KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol", _upper),
-    ("KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism", _upper),
-    ("KAFKA_SASL_USERNAME", "kafka_sasl_username", _text),
-    ("KAFKA_SASL_PASSWORD", "kafka_sasl_password", str),
-    ("KAFKA_SSL_CA_LOCATION", "kafka_ssl_ca_location", _text),
-    ("KAFKA_SSL_CERTIFICATE_LOCATION", "kafka_ssl_certificate_location", _text),
-    ("KAFKA_SSL_KEY_LOCATION", "kafka_ssl_key_location", _text),
-    ("KAFKA_SSL_KEY_PASSWORD", "kafka_ssl_key_password", str),
-    ("DB_HOST", "db_host", _text),
-    ("DB_PORT", "db_port", int),
-    ("DB_USER", "db_user", _text),
-    ("DB_PASSWORD", "db_password", str),
-    ("DB_NAME", "db_name", _text),
-    ("DB_SSLMODE", "db_sslmode", _text),
-    ("DB_SSLROOTCERT", "db_sslrootcert", _text),
-    ("DATABASE_URL", "database_url", _text),
-    ("PME_MAX_BATCH_EVENTS", "max_batch_events", int),
-    ("PME_FLUSH_INTERVAL_MS", "flush_interval_ms", int),
-    ("PME_FLUSH_LINGER_MS", "flush_linger_ms", int),
-    ("PME_FLUSH_LANES", "flush_lanes", int),
-    ("PME_MAX_BUFFERED_EVENTS", "max_buffered_events", int),
-    ("PME_METRICS_PORT", "metrics_port", int),
-    ("PME_MAX_MESSAGE_BYTES", "max_message_bytes", int),
-    ("PME_LOG_LEVEL", "log_level", _upper),
-    ("PME_LOG_FORMAT", "log_format", _text),
-    ("PME_SHUTDOWN_DEADLINE_S", "shutdown_deadline_s", _positive_float),
-    ("PME_READY_MAX_RETRY_S", "ready_max_retry_s", _positive_float),
-    ("PME_READY_MAX_STALL_S", "ready_max_stall_s", _positive_float),
-    ("PME_DB_LOCK_TIMEOUT_MS", "db_lock_timeout_ms", int),
-    ("PME_BREAKER_WINDOW", "breaker_window", int),
-    ("PME_BREAKER_RATIO", "breaker_ratio", _positive_float),
-    ("PME_TOPIC_WAIT_S", "topic_wait_s", _positive_float),
-    ("PME_TOPIC_RECREATED", "topic_recreated", _lower),
-    ("PME_MIGRATE", "migrate", _lower),
-    ("PME_KAFKA_STARTUP_WAIT_S", "kafka_startup_wait_s", _positive_float),
-    ("PME_DB_STARTUP_WAIT_S", "db_startup_wait_s", _positive_float),
-    ("PME_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", "db_idle_in_transaction_timeout_ms", int),
-    ("PME_DB_STATEMENT_TIMEOUT_MS", "db_statement_timeout_ms", int),
-    ("PME_LIVENESS_MAX_STALL_S", "liveness_max_stall_s", _positive_float),
+# (environment variable, Settings attribute, parser), from the fields; README documents each.
+_VARIABLES: tuple[tuple[str, str, Callable[[str], Any]], ...] = tuple(
+    (f.metadata["variable"], f.name, f.metadata["parse"]) for f in dataclasses.fields(Settings) if f.metadata
 )
+_SECRET_ATTRS = frozenset(f.name for f in dataclasses.fields(Settings) if f.metadata.get("secret"))
+# Each secret may come from a file named by <NAME>_FILE instead.
+_SECRET_FILES = tuple(variable for variable, attr, _ in _VARIABLES if attr in _SECRET_ATTRS)
+# Set to nothing, these would silently fall back to a default that points elsewhere.
+_NOT_EMPTY = frozenset(
+    f.metadata["variable"] for f in dataclasses.fields(Settings) if f.metadata.get("not_empty")
+)
+# The variable of each attribute, for the checks' messages.
+VARIABLE_OF = {attr: name for name, attr, _ in _VARIABLES}
+# (librdkafka property, its variable, its attribute)
+KAFKA_PROPERTIES = tuple((prop, VARIABLE_OF[attr], attr) for prop, attr in _KAFKA_ATTRIBUTES)
+_SET_BY = {prop: variable for prop, variable, _ in KAFKA_PROPERTIES}
 _KIND[str] = "text"
 
 ENVIRONMENT_VARIABLES = tuple((name, attr) for name, attr, _ in _VARIABLES)

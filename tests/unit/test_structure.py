@@ -134,3 +134,12 @@ def test_the_readme_is_short_and_its_map_names_every_module() -> None:
     assert modules - named == set()
     for doc in ("docs/operations.md", "docs/performance.md"):
         assert f"]({doc})" in readme and (REPO / doc).is_file()
+
+
+def test_each_setting_s_variable_is_named_once_where_its_field_is_declared() -> None:
+    from pme_exporter.settings import ENVIRONMENT_VARIABLES
+
+    source = (PACKAGE / "settings.py").read_text()
+    twice = [name for name, _ in ENVIRONMENT_VARIABLES if source.count(f'"{name}"') != 1]
+    assert twice == []
+    assert len(ENVIRONMENT_VARIABLES) > 40
