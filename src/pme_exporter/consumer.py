@@ -22,15 +22,13 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_INVALID,
     Consumer,
-    KafkaError,
     TopicPartition,
 )
 
@@ -39,7 +37,8 @@ from pme_exporter.buffers import Batch
 from pme_exporter.decode import DEFAULT_MAX_MESSAGE_BYTES, Decoder
 from pme_exporter.errors import FatalError, KafkaFatalError, RetryableError, retry_reason
 from pme_exporter.flusher import Flusher, FlushFailed
-from pme_exporter.kafka_config import KAFKA_LOG
+from pme_exporter.kafka_config import KafkaErrorPolicy
+from pme_exporter.lanes import Lane, Lanes
 from pme_exporter.logs import ledger_log
 from pme_exporter.metrics import Metrics
 from pme_exporter.progress import CarryPolicy, PartitionProgress, TopicRecreated
@@ -60,76 +59,6 @@ _LAG_EVERY_S = 1.0
 _BACKPRESSURE_WAIT_S = 1.0
 _TOPIC_ID_WAIT_S = 30.0
 T = TypeVar("T")
-
-
-# Errors no retry cures. A fenced static member reaches error_cb as _FATAL.
-_FATAL_CODES = frozenset(
-    {
-        KafkaError._FATAL,
-        KafkaError._AUTHENTICATION,
-        KafkaError.SASL_AUTHENTICATION_FAILED,
-        KafkaError.TOPIC_AUTHORIZATION_FAILED,
-        KafkaError.GROUP_AUTHORIZATION_FAILED,
-        KafkaError.FENCED_INSTANCE_ID,
-    }
-)
-_TOPIC_MISSING_CODES = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
-
-
-class KafkaErrorPolicy:
-    """Counts every Kafka client error and decides which ones end the worker.
-
-    ``on_error`` is the client's ``error_cb`` and also sees the errors carried
-    by messages; both run on the consumer thread, inside ``consume()`` or
-    after it. ``raise_if_fatal`` raises ``KafkaFatalError`` once a fatal error
-    was seen, or once the topic has been missing for ``topic_wait_s``.
-    """
-
-    def __init__(
-        self, metrics: Metrics, *, topic_wait_s: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._metrics = metrics
-        self._topic_wait_s = topic_wait_s
-        self._clock = clock
-        self._fatal: str | None = None
-        self._topic_missing_since: float | None = None
-
-    def on_error(self, err: KafkaError) -> None:
-        self._metrics.kafka_errors.labels(err.name()).inc()
-        if err.code() == KafkaError._ALL_BROKERS_DOWN:
-            self._metrics.kafka_up.set(0)
-        if err.fatal() or err.code() in _FATAL_CODES:
-            self._fatal = f"{err.name()}: {err.str()}"
-        elif err.code() in _TOPIC_MISSING_CODES:
-            if self._topic_missing_since is None:
-                self._topic_missing_since = self._clock()
-                log.warning("Kafka: the topic is missing (%s); waiting for it", err.str())
-        else:
-            ledger_log(KAFKA_LOG).warning("Kafka client error: %s", err.str())
-
-    def topic_seen(self) -> None:
-        self._topic_missing_since = None
-        self._metrics.kafka_up.set(1)
-
-    def raise_if_fatal(self) -> None:
-        if self._fatal is not None:
-            raise KafkaFatalError(f"Kafka refused the worker: {self._fatal}")
-        since = self._topic_missing_since
-        if since is not None and self._clock() - since >= self._topic_wait_s:
-            raise KafkaFatalError(f"the topic has been missing for {self._clock() - since:.0f}s")
-
-
-@dataclass
-class Lane:
-    """One flush lane: its own flusher (its own database transactions) for a subset of the
-    assigned partitions, and the batch it is filling for them."""
-
-    index: int
-    flusher: Flusher
-    batch: Batch
-    partitions: set[int] = field(default_factory=set)
-    last_flush_at: float = 0.0
-    parked_waiting: int = 0
 
 
 class ConsumerLoop:
@@ -153,8 +82,6 @@ class ConsumerLoop:
         start_new_life: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not flushers:
-            raise ValueError("at least one flusher (lane)")
         self._consumer = consumer
         self._topic = topic
         self._sink = sink
@@ -173,8 +100,7 @@ class ConsumerLoop:
         self._topic_id = topic_id
         self._start_new_life = start_new_life
         self._life = 1
-        self._lanes = [Lane(i, f, self._new_batch(), last_flush_at=clock()) for i, f in enumerate(flushers)]
-        self._lane_of: dict[int, Lane] = {}
+        self._lanes = Lanes(flushers, self._new_batch, clock())
         self._progress = PartitionProgress()
         self._paused_since: float | None = None
         self._stop: threading.Event | None = None
@@ -187,7 +113,7 @@ class ConsumerLoop:
         metrics.buffer_capacity.set(max_buffered_events)
 
     @property
-    def lanes(self) -> Sequence[Lane]:
+    def lanes(self) -> Lanes:
         return self._lanes
 
     def run(self, stop: threading.Event) -> None:
@@ -206,7 +132,7 @@ class ConsumerLoop:
                 if messages and self.halted is None:
                     self._add(messages)
                 now = self._last_turn_at = self._clock()
-                if self._buffered() == 0 and all(lane.flusher.idle() for lane in self._lanes):
+                if self._lanes.buffered() == 0 and self._lanes.idle():
                     self._last_progress_at = now
                 if now >= next_lag_at:
                     self._update_lag()
@@ -235,7 +161,7 @@ class ConsumerLoop:
         if timeout is not None:
             return self._consumer.consume(num_messages=room, timeout=timeout)
         # A running flush's result (its offsets to commit) is collected between polls.
-        flushing = not all(lane.flusher.idle() for lane in self._lanes)
+        flushing = not self._lanes.idle()
         first = self._consumer.poll(_FLUSHING_POLL_S if flushing else _POLL_TIMEOUT_S)
         if first is None:
             return []
@@ -263,9 +189,6 @@ class ConsumerLoop:
     def _new_batch(self) -> Batch:
         return Batch(decoder=self._decoder, clock=self._clock, life=self._life)
 
-    def _buffered(self) -> int:
-        return sum(lane.batch.size for lane in self._lanes)
-
     def _add(self, messages: list[Any]) -> None:
         good = messages
         if any(m.error() is not None for m in messages):
@@ -278,16 +201,8 @@ class ConsumerLoop:
                     self._kafka_errors.on_error(err)
         if good:
             self._kafka_errors.topic_seen()
-        if len(self._lanes) == 1:
-            self._lanes[0].batch.add(good)
-        else:
-            routed: dict[int, list[Any]] = {}
-            lane_of = self._lane_of
-            for m in good:
-                routed.setdefault(lane_of[m.partition()].index, []).append(m)
-            for index, routed_messages in routed.items():
-                self._lanes[index].batch.add(routed_messages)
-        self._metrics.buffered_events.set(self._buffered())
+        self._lanes.route(good)
+        self._metrics.buffered_events.set(self._lanes.buffered())
 
     def _due(self, lane: Lane, now: float) -> bool:
         batch = lane.batch
@@ -321,23 +236,16 @@ class ConsumerLoop:
                 self._pause()
 
     def _blocked_lane(self) -> Lane | None:
-        """A lane whose batch is full (N) while its flush runs, or the fullest when the buffers are."""
-        fullest = max(self._lanes, key=lambda lane: lane.batch.size)
-        if fullest.batch.size >= self._max_batch or self._buffered() >= self._max_buffered:
-            return fullest
-        return None
+        return self._lanes.blocked(self._max_batch, self._max_buffered)
 
     def _room(self) -> int:
-        """Messages the next poll may take: no lane's batch passes N, nor the buffers their bound,
-        whichever lane the messages are for."""
-        fullest = max(lane.batch.size for lane in self._lanes)
-        return min(self._max_buffered - self._buffered(), self._max_batch - fullest, _MAX_POLL_MESSAGES)
+        return min(self._lanes.room(self._max_batch, self._max_buffered), _MAX_POLL_MESSAGES)
 
     def _submit(self, lane: Lane) -> None:
         batch, lane.batch = lane.batch, self._new_batch()
         lane.last_flush_at = self._clock()
         lane.flusher.submit(batch)
-        self._metrics.buffered_events.set(self._buffered())
+        self._metrics.buffered_events.set(self._lanes.buffered())
         if self._paused_since is not None and self._blocked_lane() is None:
             self._resume()
 
@@ -361,7 +269,7 @@ class ConsumerLoop:
         # Orphans of partitions given up (or moved to another lane) meanwhile stay
         # behind: their saved offset points at them, so the owner reads them again.
         lane.batch.carry(
-            [o for o in report.carried if self._lane_of.get(o.partition) is lane], report.end_offsets
+            [o for o in report.carried if self._lanes.of(o.partition) is lane], report.end_offsets
         )
         lane.parked_waiting = report.parked_waiting
         committable = progress.saved(report.saved_offsets, report.newest_event_ms)
@@ -402,8 +310,7 @@ class ConsumerLoop:
         if self.halted is not None:
             return
         self.halted = why
-        for lane in self._lanes:
-            lane.batch = self._new_batch()
+        self._lanes.empty_batches(self._new_batch)
         self._metrics.buffered_events.set(0)
         assignment = self._consumer.assignment()
         if assignment:
@@ -431,19 +338,6 @@ class ConsumerLoop:
             self._consumer.resume(assignment)
 
     # -- lanes ----------------------------------------------------------------
-    def _place(self, partitions: Iterable[int]) -> None:
-        """New partitions join the lane with the fewest; a partition keeps its lane while held."""
-        for p in sorted(partitions):
-            if p not in self._lane_of:
-                lane = min(self._lanes, key=lambda lane: (len(lane.partitions), lane.index))
-                lane.partitions.add(p)
-                self._lane_of[p] = lane
-
-    def _unplace(self, partitions: Iterable[int]) -> None:
-        for p in partitions:
-            lane = self._lane_of.pop(p, None)
-            if lane is not None:
-                lane.partitions.discard(p)
 
     # -- rebalance callbacks (run inside consume()) ---------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -455,13 +349,13 @@ class ConsumerLoop:
         unstored = OFFSET_BEGINNING if self._life > 1 else OFFSET_INVALID
         for tp in partitions:
             tp.offset = stored.get(tp.partition, unstored)
-        self._place(numbers)
+        self._lanes.place(numbers)
         consumer.incremental_assign(partitions)
         self._kafka_errors.topic_seen()
         if self._paused_since is not None or self.halted is not None:
             consumer.pause(partitions)
         self._progress.assign(numbers, stored)
-        lanes = {lane.index: sorted(lane.partitions) for lane in self._lanes}
+        lanes = self._lanes.layout()
         log.info(
             "Assigned partitions %s, resuming at %s%s",
             sorted(numbers),
@@ -516,8 +410,7 @@ class ConsumerLoop:
             if not self._drain(self._clock() + self._deadline_s):
                 raise FatalError("could not flush what was held of the topic's earlier life")
             self._life = life.life
-            for lane in self._lanes:
-                lane.batch = self._new_batch()
+            self._lanes.empty_batches(self._new_batch)
             self._progress = PartitionProgress()
 
     def _read_topic_id(self, read: Callable[[], str]) -> str:
@@ -549,7 +442,7 @@ class ConsumerLoop:
             else:
                 log.warning("Gave up partitions %s with writes left for the next owner", numbers)
             self._progress.revoke(numbers)
-            self._unplace(numbers)
+            self._lanes.unplace(numbers)
             return
         # Every lane is drained, not only the revoked partitions' lanes: a lane's batch
         # may hold children of their parents, and a drain is rare and short.
@@ -558,7 +451,7 @@ class ConsumerLoop:
             # buffer may mix partitions we keep, so restart cleanly rather than guess.
             raise FatalError(f"could not flush before giving up partitions {numbers}")
         self._progress.revoke(numbers)
-        self._unplace(numbers)
+        self._lanes.unplace(numbers)
         for p in numbers:
             self._forget_lag(p)
         log.info("Revoked partitions %s after flushing", numbers, extra={"partitions": numbers})
@@ -567,10 +460,9 @@ class ConsumerLoop:
         # Lost, not revoked: another member may own them already. Drop what we
         # hold; it is not committed, and the owner re-reads it from the stored offsets.
         numbers = sorted(tp.partition for tp in partitions)
-        for lane in self._lanes:
-            lane.batch = self._new_batch()
+        self._lanes.empty_batches(self._new_batch)
         self._progress.revoke(numbers)
-        self._unplace(numbers)
+        self._lanes.unplace(numbers)
         for p in numbers:
             self._forget_lag(p)
         log.warning("Lost partitions %s; dropped the unflushed buffer", numbers)

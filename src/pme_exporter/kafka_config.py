@@ -1,4 +1,4 @@
-"""The consumer's librdkafka configuration: what the exporter sets itself, and what an operator may tune.
+"""The consumer's librdkafka configuration, and which of Kafka's errors end the worker.
 
 ``GUARANTEES`` are what the exporter's guarantees rest on (offsets committed only
 after the database, cooperative rebalancing); no setting may change them.
@@ -11,11 +11,17 @@ pass-through refuses.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 
-from pme_exporter.errors import ConfigError
+from pme_exporter.errors import ConfigError, KafkaFatalError
+from pme_exporter.logs import ledger_log
+
+if TYPE_CHECKING:
+    from pme_exporter.metrics import Metrics
 
 RDKAFKA_PREFIX = "PME_RDKAFKA_"
 # librdkafka's own log lines (its `logger` setting) and client errors: rate-limited.
@@ -64,3 +70,60 @@ def check_kafka_properties(config: dict[str, Any]) -> None:
         raise ConfigError(
             f"{RDKAFKA_PREFIX}*: librdkafka refused the settings: {exc.args[0].str()}"
         ) from None
+
+
+# Errors no retry cures. A fenced static member reaches error_cb as _FATAL.
+_FATAL_CODES = frozenset(
+    {
+        KafkaError._FATAL,
+        KafkaError._AUTHENTICATION,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.FENCED_INSTANCE_ID,
+    }
+)
+_TOPIC_MISSING_CODES = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
+
+
+class KafkaErrorPolicy:
+    """Counts every Kafka client error and decides which ones end the worker.
+
+    ``on_error`` is the client's ``error_cb`` and also sees the errors carried
+    by messages; both run on the consumer thread, inside ``consume()`` or
+    after it. ``raise_if_fatal`` raises ``KafkaFatalError`` once a fatal error
+    was seen, or once the topic has been missing for ``topic_wait_s``.
+    """
+
+    def __init__(
+        self, metrics: Metrics, *, topic_wait_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._metrics = metrics
+        self._topic_wait_s = topic_wait_s
+        self._clock = clock
+        self._fatal: str | None = None
+        self._topic_missing_since: float | None = None
+
+    def on_error(self, err: KafkaError) -> None:
+        self._metrics.kafka_errors.labels(err.name()).inc()
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._metrics.kafka_up.set(0)
+        if err.fatal() or err.code() in _FATAL_CODES:
+            self._fatal = f"{err.name()}: {err.str()}"
+        elif err.code() in _TOPIC_MISSING_CODES:
+            if self._topic_missing_since is None:
+                self._topic_missing_since = self._clock()
+                ledger_log(KAFKA_LOG).warning("Kafka: the topic is missing (%s); waiting for it", err.str())
+        else:
+            ledger_log(KAFKA_LOG).warning("Kafka client error: %s", err.str())
+
+    def topic_seen(self) -> None:
+        self._topic_missing_since = None
+        self._metrics.kafka_up.set(1)
+
+    def raise_if_fatal(self) -> None:
+        if self._fatal is not None:
+            raise KafkaFatalError(f"Kafka refused the worker: {self._fatal}")
+        since = self._topic_missing_since
+        if since is not None and self._clock() - since >= self._topic_wait_s:
+            raise KafkaFatalError(f"the topic has been missing for {self._clock() - since:.0f}s")

@@ -17,10 +17,10 @@ from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import conninfo_to_dict
 
 from pme_exporter.breaker import DeadLetterBreaker
-from pme_exporter.consumer import ConsumerLoop, KafkaErrorPolicy
+from pme_exporter.consumer import ConsumerLoop
 from pme_exporter.errors import ConfigError, KafkaFatalError, Stopped, is_retryable, retry_reason
 from pme_exporter.flusher import Flusher, close_all
-from pme_exporter.kafka_config import KAFKA_LOG, consumer_config
+from pme_exporter.kafka_config import KAFKA_LOG, KafkaErrorPolicy, consumer_config
 from pme_exporter.logs import ledger_log
 from pme_exporter.metrics import HealthServer, Metrics
 from pme_exporter.migrate import check_migrations, migrate
