@@ -184,3 +184,8 @@ def assert_tables_equal_model(conninfo: str, located: list[tuple[int, int, bytes
         len(expected["session_times"]),
         0,
     )
+
+
+def on_topic(settings: Settings, topic: str, **changes: Any) -> Settings:
+    """``settings`` for a worker of ``topic`` in a consumer group of its own (named after it)."""
+    return settings.replace(kafka_topic=topic, kafka_group_id=topic, **changes)

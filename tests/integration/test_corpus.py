@@ -17,7 +17,7 @@ from pme_exporter.devtools.generator import ends_of, publish
 from pme_exporter.errors import DecodeError
 from pme_exporter.settings import Settings
 from tests.corpus import DATABASE_CASES, DECODE_CASES, encode
-from tests.helpers import ExporterProcess, ExporterThread, wait_exported
+from tests.helpers import ExporterProcess, ExporterThread, on_topic, wait_exported
 from tests.stack import Stack
 
 MAX_MESSAGE_BYTES = 4096
@@ -57,9 +57,9 @@ def test_every_kind_of_bad_message_is_one_readable_dead_letter_and_the_worker_ca
         events.append((i % 3, None, _neighbour(i)))
     events.append((1, b"Order:1", None))  # a tombstone: skipped, not an error
     located = publish(stack.kafka_url, topic, events)
-    s = settings.replace(
-        kafka_topic=topic,
-        kafka_group_id=topic,
+    s = on_topic(
+        settings,
+        topic,
         max_message_bytes=MAX_MESSAGE_BYTES,
         breaker_ratio=1.0,  # this topic is half bad messages by design
     )
@@ -147,7 +147,7 @@ def test_generated_messages_are_each_a_row_or_one_dead_letter(
     for i, message in enumerate(messages):
         events += [(i % 2, None, message), (i % 2, None, _neighbour(1000 + i))]
     located = publish(stack.kafka_url, topic, events)
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic, breaker_ratio=1.0)
+    s = on_topic(settings, topic, breaker_ratio=1.0)
     with ExporterThread(s):
         wait_exported(s.conninfo(), topic, ends_of(located), timeout_s=60)
     dead = _dead_letters(s.conninfo(), topic)

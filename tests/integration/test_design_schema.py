@@ -18,7 +18,7 @@ from pme_exporter.migrate import load_migrations, migrate, sql_dir
 from pme_exporter.schema import TABLES
 from pme_exporter.settings import Settings
 from tests.design import design_columns, design_indexes
-from tests.helpers import ExporterThread, wait_exported
+from tests.helpers import ExporterThread, on_topic, wait_exported
 from tests.stack import Stack
 
 TS = "2025-11-29T09:00:00+07:00"
@@ -85,7 +85,7 @@ def test_values_the_design_accepts_land_and_those_it_refuses_are_dead_letters(
         env("Trade", {"nid": 2, "kpei_reff": "K2", "fee_borr_rate": "12345.5"}): "22003",
     }
     located = publish(stack.kafka_url, topic, [(None, None, v) for v in good + list(bad)])
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic)
+    s = on_topic(settings, topic)
     with ExporterThread(s):
         wait_exported(s.conninfo(), topic, ends_of(located))
     with psycopg.connect(s.conninfo()) as conn:

@@ -13,7 +13,7 @@ import psycopg
 
 from pme_exporter.devtools.generator import ends_of, publish, trading_day
 from pme_exporter.settings import Settings
-from tests.helpers import ExporterProcess, ExporterThread, valid_only, wait_exported
+from tests.helpers import ExporterProcess, ExporterThread, on_topic, valid_only, wait_exported
 from tests.model import apply_events, diff, snapshot
 from tests.stack import Stack
 
@@ -89,7 +89,7 @@ def test_every_event_type_lands_with_its_values(
 ) -> None:
     topic = make_topic(1)
     located = publish(stack.kafka_url, topic, [(None, None, v) for v in ONE_ORDERS_LIFE + OTHER_TYPES])
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic)
+    s = on_topic(settings, topic)
     with ExporterThread(s):
         wait_exported(s.conninfo(), topic, ends_of(located))
     with psycopg.connect(s.conninfo()) as conn:
@@ -150,7 +150,7 @@ def test_each_invalid_message_is_one_dead_letter_and_its_neighbours_land(
         events.append((i % 2, None, env("Order", "2025-11-29T09:00:00Z", {"nid": 1000 + i, "state": "S"})))
     events.append((0, b"Order:1", None))  # a tombstone: skipped, not an error
     located = publish(stack.kafka_url, topic, events)
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic)
+    s = on_topic(settings, topic)
     with ExporterThread(s) as exporter:
         wait_exported(s.conninfo(), topic, ends_of(located))
     with psycopg.connect(s.conninfo()) as conn:
@@ -182,7 +182,7 @@ def test_children_before_their_parents_on_another_partition_all_land(
             )
         )
     first = publish(stack.kafka_url, topic, children)
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic)
+    s = on_topic(settings, topic)
     with ExporterThread(s):
         wait_exported(s.conninfo(), topic, ends_of(first))
         with psycopg.connect(s.conninfo(), autocommit=True) as conn:
@@ -214,9 +214,9 @@ def test_two_lanes_with_children_on_one_lane_and_their_parents_on_the_other(
     day = [
         (0 if v and any(kind in v for kind in children) else 1, k, v) for k, v in trading_day(1_500, seed=41)
     ]
-    s = settings.replace(
-        kafka_topic=topic,
-        kafka_group_id=topic,
+    s = on_topic(
+        settings,
+        topic,
         flush_lanes=2,
         max_batch_events=300,
         max_buffered_events=600,
@@ -252,7 +252,7 @@ def test_a_second_topic_on_the_same_database_keeps_every_append_row(
     day += [(None, None, env("SessionTime", ts, {"opening_time": "09:00:00"})) for _ in range(20)]
     for topic in (make_topic(1), make_topic(1)):  # the same offsets, a different topic
         located = publish(stack.kafka_url, topic, day)
-        s = settings.replace(kafka_topic=topic, kafka_group_id=topic)
+        s = on_topic(settings, topic)
         with ExporterThread(s):
             wait_exported(s.conninfo(), topic, ends_of(located))
     with psycopg.connect(settings.conninfo()) as conn:

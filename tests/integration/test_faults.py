@@ -21,6 +21,7 @@ from tests.helpers import (
     ExporterProcess,
     assert_tables_equal_model,
     http_status,
+    on_topic,
     scrape,
     total,
     wait_exported,
@@ -59,9 +60,9 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     located = _publish_day(stack, topic)
     total = len(located)
     assert total >= 100_000
-    s = settings.replace(
-        kafka_topic=topic,
-        kafka_group_id=topic,
+    s = on_topic(
+        settings,
+        topic,
         kafka_group_instance_id="crash-worker",
         log_level="DEBUG",  # each flush's line says what it carried; a killed worker writes no summary
         flush_lanes=2,
@@ -100,9 +101,9 @@ def test_database_outage_is_survived_without_restart(
         pytest.skip("stopping PostgreSQL needs the local stack; servers were given")
     topic = make_topic(3)
     first = _publish_day(stack, topic, orders=9_000, seed=3)
-    s = settings.replace(
-        kafka_topic=topic,
-        kafka_group_id=topic,
+    s = on_topic(
+        settings,
+        topic,
         metrics_port=free_port,
         ready_max_retry_s=5,
         max_batch_events=2_000,
@@ -136,9 +137,9 @@ def test_two_workers_share_a_group_and_one_leaves_mid_run(
     stack: Stack, settings: Settings, make_topic: Callable[[int], str], tmp_path: Path
 ) -> None:
     topic = make_topic(6)
-    s = settings.replace(
-        kafka_topic=topic,
-        kafka_group_id=topic,
+    s = on_topic(
+        settings,
+        topic,
         max_batch_events=3_000,
         max_buffered_events=6_000,
         flush_interval_ms=100,

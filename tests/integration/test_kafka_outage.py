@@ -13,7 +13,7 @@ import pytest
 from pme_exporter.devtools.generator import ends_of, publish, trading_day
 from pme_exporter.errors import EXIT_KAFKA, EXIT_OK
 from pme_exporter.settings import Settings
-from tests.helpers import ExporterProcess, wait_exported
+from tests.helpers import ExporterProcess, on_topic, wait_exported
 from tests.stack import Stack, run_up, stop_local
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def test_a_broker_that_comes_back_within_the_wait_is_used(
     if not stack.local:
         pytest.skip("stopping Kafka needs the local stack; servers were given")
     topic = make_topic(2)
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic, kafka_startup_wait_s=120)
+    s = on_topic(settings, topic, kafka_startup_wait_s=120)
     stop_local("kafka")
     try:
         worker = ExporterProcess(s, tmp_path / "exporter.log")

@@ -13,7 +13,7 @@ from confluent_kafka import Producer
 
 from pme_exporter.devtools.generator import trading_day
 from pme_exporter.settings import Settings
-from tests.helpers import ExporterProcess
+from tests.helpers import ExporterProcess, on_topic
 from tests.stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ def test_a_steady_thousand_events_a_second_for_a_minute_writes_at_most_three_inf
     stack: Stack, settings: Settings, make_topic: Callable[[int], str], tmp_path: Path
 ) -> None:
     topic = make_topic(3)
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic, log_format="json")
+    s = on_topic(settings, topic, log_format="json")
     worker = ExporterProcess(s, tmp_path / "worker.log")
     try:
         deadline = time.monotonic() + 60

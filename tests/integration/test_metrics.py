@@ -22,7 +22,7 @@ from pme_exporter.devtools.stack import exporter_env
 from pme_exporter.errors import DecodeError, ValueRefused
 from pme_exporter.schema import BY_TABLE, TABLES
 from pme_exporter.settings import Settings
-from tests.helpers import ExporterProcess, http_answer, http_status, scrape, total, wait_exported
+from tests.helpers import ExporterProcess, http_answer, http_status, on_topic, scrape, total, wait_exported
 from tests.stack import REPO, Stack
 
 
@@ -57,7 +57,7 @@ def test_metrics_match_what_happened_in_a_real_run(
     assert command == ["pme-exporter", "run"]
     executable = shutil.which(command[0], path=str(Path(sys.executable).parent))
     assert executable, "the entrypoint is not installed beside this Python"
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic, metrics_port=free_port)
+    s = on_topic(settings, topic, metrics_port=free_port)
     log = (tmp_path / "exporter.log").open("wb")
     proc = subprocess.Popen(
         [executable, *command[1:]], env=exporter_env(s), stdout=log, stderr=subprocess.STDOUT
@@ -117,9 +117,7 @@ def test_two_thousand_idle_connections_leave_readyz_answering_and_memory_flat(
     settings: Settings, make_topic: Callable[[int], str], free_port: int, tmp_path: Path
 ) -> None:
     topic = make_topic(1)
-    worker = ExporterProcess(
-        settings.replace(kafka_topic=topic, kafka_group_id=topic, metrics_port=free_port), tmp_path / "w.log"
-    )
+    worker = ExporterProcess(on_topic(settings, topic, metrics_port=free_port), tmp_path / "w.log")
     try:
         worker.wait_started()
         deadline = time.monotonic() + 30

@@ -18,6 +18,7 @@ from tests.helpers import (
     ExporterProcess,
     assert_tables_equal_model,
     http_answer,
+    on_topic,
     scrape,
     total,
     wait_exported,
@@ -46,9 +47,9 @@ def test_a_connection_that_stops_forwarding_is_cut_off_and_the_worker_goes_on(
     topic = make_topic(3)
     located = publish(stack.kafka_url, topic, _events(6_000, seed=21))
     with stalling_proxy(settings.db_host, settings.db_port) as proxy:
-        s = settings.replace(
-            kafka_topic=topic,
-            kafka_group_id=topic,
+        s = on_topic(
+            settings,
+            topic,
             db_host="127.0.0.1",
             db_port=proxy.port,
             db_statement_timeout_ms=2_000,  # the client's own bound: 3 s
@@ -90,9 +91,9 @@ def test_healthz_fails_when_a_stuck_connection_outlasts_the_liveness_bound(
 ) -> None:
     topic = make_topic(1)
     with stalling_proxy(settings.db_host, settings.db_port) as proxy:
-        s = settings.replace(
-            kafka_topic=topic,
-            kafka_group_id=topic,
+        s = on_topic(
+            settings,
+            topic,
             db_host="127.0.0.1",
             db_port=proxy.port,
             db_statement_timeout_ms=120_000,  # the client's bound far beyond the liveness bound

@@ -16,7 +16,7 @@ import pytest
 from pme_exporter.devtools.generator import ends_of, publish, trading_day
 from pme_exporter.errors import EXIT_OK, EXIT_REFUSED, EXIT_THRESHOLD
 from pme_exporter.settings import Settings
-from tests.helpers import ExporterProcess, ExporterThread, run_cli, scrape, wait_exported
+from tests.helpers import ExporterProcess, ExporterThread, on_topic, run_cli, scrape, wait_exported
 from tests.model import apply_events, diff, snapshot
 from tests.stack import Stack
 
@@ -31,7 +31,7 @@ def test_status_matches_the_metrics_and_the_group_and_flags_lag(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     topic = make_topic(3)
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic, metrics_port=free_port)
+    s = on_topic(settings, topic, metrics_port=free_port)
     located = publish(
         stack.kafka_url, topic, [(None, k, v) for k, v in trading_day(300, seed=6, invalid=True)]
     )
@@ -88,7 +88,7 @@ def test_dead_letters_from_a_too_narrow_column_land_once_it_is_widened_and_the_i
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     topic = make_topic(1)
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic, breaker_ratio=1.0)
+    s = on_topic(settings, topic, breaker_ratio=1.0)
     with psycopg.connect(s.conninfo(), autocommit=True) as conn:
         conn.execute("ALTER TABLE participants ALTER COLUMN name TYPE VARCHAR(5)")  # too narrow
     ts = "2025-11-29T09:00:00Z"
@@ -155,7 +155,7 @@ def test_replay_refuses_beside_active_workers_then_reads_again_without_duplicate
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     topic = make_topic(2)
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic)
+    s = on_topic(settings, topic)
     day = [(None, k, v) for k, v in trading_day(200, seed=12)]
     first = publish(stack.kafka_url, topic, day[: len(day) // 2])
     time.sleep(1.0)
@@ -223,7 +223,7 @@ def test_replay_of_some_tables_rebuilds_them_and_their_children_and_leaves_the_r
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     topic = make_topic(2)
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic)
+    s = on_topic(settings, topic)
     located = publish(stack.kafka_url, topic, [(None, k, v) for k, v in trading_day(150, seed=14)])
     with ExporterThread(s):
         wait_exported(s.conninfo(), topic, ends_of(located))

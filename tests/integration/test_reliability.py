@@ -19,7 +19,7 @@ from pme_exporter.devtools.generator import ends_of, publish, trading_day
 from pme_exporter.devtools.stack import stored_offsets
 from pme_exporter.errors import EXIT_KAFKA, EXIT_OK
 from pme_exporter.settings import Settings
-from tests.helpers import ExporterProcess, http_status, scrape, total, wait_exported
+from tests.helpers import ExporterProcess, http_status, on_topic, scrape, total, wait_exported
 from tests.model import apply_events, diff, snapshot
 from tests.stack import Stack, run_up, stop_local
 
@@ -55,9 +55,9 @@ def test_constraint_drift_trips_the_breaker_instead_of_draining_the_topic(
         conn.execute("ALTER TABLE orders ADD COLUMN desk TEXT NOT NULL")  # someone added a column
     located = publish(stack.kafka_url, topic, [(None, k, v) for k, v in trading_day(600, seed=5)])
     window = 300
-    s = settings.replace(
-        kafka_topic=topic,
-        kafka_group_id=topic,
+    s = on_topic(
+        settings,
+        topic,
         metrics_port=free_port,
         breaker_window=window,
         breaker_ratio=0.25,
@@ -91,7 +91,7 @@ def test_a_fenced_static_member_stops_with_exit_5_and_the_other_keeps_going(
     stack: Stack, settings: Settings, make_topic: Callable[[int], str], tmp_path: Path
 ) -> None:
     topic = make_topic(2)
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic, kafka_group_instance_id="pod-0")
+    s = on_topic(settings, topic, kafka_group_instance_id="pod-0")
     first = ExporterProcess(s, tmp_path / "first.log")
     wait_for_log(first, r"Assigned partitions \[\d")
     second = ExporterProcess(s, tmp_path / "second.log")
@@ -112,7 +112,7 @@ def test_sigterm_during_a_database_outage_exits_within_the_deadline_and_loses_no
         pytest.skip("stopping PostgreSQL needs the local stack; servers were given")
     topic = make_topic(3)
     deadline_s = 3.0
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic, shutdown_deadline_s=deadline_s)
+    s = on_topic(settings, topic, shutdown_deadline_s=deadline_s)
     first = publish(stack.kafka_url, topic, [(None, k, v) for k, v in trading_day(400, seed=8)])
     worker = ExporterProcess(s, tmp_path / "exporter.log")
     try:
@@ -162,9 +162,9 @@ def test_sigterm_during_a_long_isolating_flush_exits_within_the_deadline_and_los
         topic,
         [(0, None, orjson.dumps({"type": "Order", "ts": TS, "data": d})) for d in refused],
     )
-    s = settings.replace(
-        kafka_topic=topic,
-        kafka_group_id=topic,
+    s = on_topic(
+        settings,
+        topic,
         shutdown_deadline_s=deadline_s,
         breaker_ratio=1.0,  # half of this topic is refused on purpose
         max_batch_events=40_000,
@@ -222,9 +222,9 @@ def test_a_worker_frozen_inside_its_transaction_does_not_stall_the_group(
 ) -> None:
     topic = make_topic(6)
     day = [(None, k, v) for k, v in trading_day(30_000, seed=21)]
-    s = settings.replace(
-        kafka_topic=topic,
-        kafka_group_id=topic,
+    s = on_topic(
+        settings,
+        topic,
         kafka_session_timeout_ms=6_000,
         db_lock_timeout_ms=1_000,
         # Longer than the session timeout, so the new owner meets the frozen worker's locks.

@@ -22,7 +22,7 @@ from pme_exporter.errors import EXIT_OK, EXIT_REFUSED
 from pme_exporter.schema import BY_TABLE, RETAINED, WriteMode
 from pme_exporter.settings import Settings
 from tests.corpus import encode
-from tests.helpers import ExporterProcess, ExporterThread, run_cli, wait_exported
+from tests.helpers import ExporterProcess, ExporterThread, on_topic, run_cli, wait_exported
 from tests.model import Tables, apply_events, diff, snapshot
 from tests.stack import Stack
 
@@ -60,7 +60,7 @@ def test_archive_beside_a_loaded_exporter_loses_nothing_and_a_crash_then_a_rerun
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     topic = make_topic(2)
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic)
+    s = on_topic(settings, topic)
     old = publish(stack.kafka_url, topic, [(None, k, v) for k, v in trading_day(400, seed=31)])
     # The new day's events carry today's time; the old day is a year before.
     new_day = [
@@ -162,7 +162,7 @@ def test_a_parent_with_a_young_child_stays_and_purge_asks_then_deletes_live_and_
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     topic = make_topic(1)
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic)
+    s = on_topic(settings, topic)
     young_ack = encode("OrderAck", {"order_nid": 1}, ts=datetime.now(UTC).isoformat())
     located = publish(
         stack.kafka_url, topic, [*((0, k, v) for k, v in trading_day(60, seed=33)), (0, None, young_ack)]

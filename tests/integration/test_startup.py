@@ -20,7 +20,7 @@ from pme_exporter.devtools.stack import exporter_env
 from pme_exporter.errors import EXIT_CONFIG, EXIT_MIGRATION, EXIT_OK
 from pme_exporter.migrate import load_migrations
 from pme_exporter.settings import Settings
-from tests.helpers import ExporterThread, http_answer, http_status
+from tests.helpers import ExporterThread, http_answer, http_status, on_topic
 from tests.stack import Stack
 
 
@@ -120,7 +120,7 @@ def test_readyz_is_503_while_the_topic_is_missing_and_200_once_it_exists(
     stack: Stack, settings: Settings, free_port: int
 ) -> None:
     topic = f"t-missing-{uuid.uuid4().hex[:8]}"
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic, metrics_port=free_port, topic_wait_s=60)
+    s = on_topic(settings, topic, metrics_port=free_port, topic_wait_s=60)
     with ExporterThread(s):
         deadline = time.monotonic() + 30
         while True:

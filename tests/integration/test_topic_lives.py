@@ -15,7 +15,7 @@ from pme_exporter.devtools.generator import create_topic, ends_of, publish, trad
 from pme_exporter.errors import EXIT_KAFKA
 from pme_exporter.ops.verify import verify_topic
 from pme_exporter.settings import Settings
-from tests.helpers import ExporterProcess, valid_only, wait_exported
+from tests.helpers import ExporterProcess, on_topic, valid_only, wait_exported
 from tests.model import apply_events, diff, snapshot
 from tests.stack import Stack
 
@@ -59,7 +59,7 @@ def test_every_row_of_both_lives_of_a_recreated_topic_is_stored(
     stack: Stack, settings: Settings, tmp_path: Path, first: int, second: int
 ) -> None:
     topic = f"t-lives-{uuid.uuid4().hex[:8]}"
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic)
+    s = on_topic(settings, topic)
     create_topic(stack.kafka_url, topic, first)
     # The second life reuses the first one's keys: its messages sit at the same partitions and
     # offsets as the first life's, where they are no replay of them.
@@ -92,7 +92,7 @@ def test_a_recreated_topic_stops_the_worker_when_so_chosen(
     stack: Stack, settings: Settings, tmp_path: Path
 ) -> None:
     topic = f"t-lives-{uuid.uuid4().hex[:8]}"
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic, topic_recreated="stop")
+    s = on_topic(settings, topic, topic_recreated="stop")
     create_topic(stack.kafka_url, topic, 1)
     life_1 = publish(stack.kafka_url, topic, _day(50, seed=33))
     _run_until_exported(s, ends_of(life_1), tmp_path / "life-1.log")

@@ -15,7 +15,7 @@ from pme_exporter.errors import EXIT_MISMATCH, EXIT_OK
 from pme_exporter.ops.verify import in_sample
 from pme_exporter.settings import Settings
 from tests.corpus import DATABASE_CASES, encode
-from tests.helpers import ExporterProcess, run_cli, wait_exported
+from tests.helpers import ExporterProcess, on_topic, run_cli, wait_exported
 from tests.stack import Stack
 
 
@@ -54,7 +54,7 @@ def test_verify_passes_on_an_exported_day_and_names_an_altered_a_deleted_and_a_d
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     topic = make_topic(2)
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic, breaker_ratio=1.0)
+    s = on_topic(settings, topic, breaker_ratio=1.0)
     located = publish(stack.kafka_url, topic, _planted_day())
     worker = ExporterProcess(s, tmp_path / "exporter.log")
     try:
@@ -130,7 +130,7 @@ def test_verify_reports_a_decode_failure_that_is_not_a_dead_letter(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     topic = make_topic(1)
-    s = settings.replace(kafka_topic=topic, kafka_group_id=topic)
+    s = on_topic(settings, topic)
     participant = orjson.dumps({"type": "Participant", "ts": "2025-11-29T09:00:00Z", "data": {"code": "P1"}})
     located = publish(stack.kafka_url, topic, [(0, None, participant), (0, None, b"{not json")])
     worker = ExporterProcess(s, tmp_path / "exporter.log")
