@@ -7,7 +7,7 @@ march to the end of the topic: the mirror is emptied into
 
 Contract: the sink calls ``check(messages, reasons)`` inside a batch's
 transaction before its offsets are saved; it raises ``DeadLetterFlood`` when
-dead letters of one reason (``stage:reason``, the SQLSTATE included for
+dead letters of one reason (``stage/reason``, the SQLSTATE included for
 database refusals) are more than ``ratio`` of the newest ``window`` messages,
 this batch included; the batch then rolls back, so its offsets stay where they
 were. After the batch commits the sink calls ``record`` with the same figures

@@ -76,14 +76,32 @@ class DeadLetter:
     reason: str  # short class for metrics: 'unknown_type', 'sqlstate_22001', ...
     error: str
     sqlstate: str | None = None
+    table: str | None = None  # the table it was meant for, once decoding got that far
+
+    @property
+    def kind(self) -> str:
+        """``stage/reason``: how dead letters are counted and grouped (the breaker, ``status``)."""
+        return kind_of(self.stage, self.reason)
 
     @classmethod
     def refused(cls, source: Source, table: str, sqlstate: str | None, message: str) -> DeadLetter:
         """A row PostgreSQL refused, with its SQLSTATE."""
         partition, offset, key, value = source
         return cls(
-            partition, offset, key, value, "database", f"sqlstate_{sqlstate}", f"{table}: {message}", sqlstate
+            partition,
+            offset,
+            key,
+            value,
+            "database",
+            f"sqlstate_{sqlstate}",
+            f"{table}: {message}",
+            sqlstate,
+            table,
         )
+
+
+def kind_of(stage: str, reason: str) -> str:
+    return f"{stage}/{reason}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +129,9 @@ def dead_letter_for(
     DecodeError (a value its column cannot hold is a ``database`` refusal, with PostgreSQL's
     SQLSTATE), else ``internal`` (a decoder bug costs one message, never the partition)."""
     if isinstance(exc, ValueRefused):
-        return DeadLetter(partition, offset, key, value, "database", exc.reason, exc.detail, exc.sqlstate)
+        return DeadLetter(
+            partition, offset, key, value, "database", exc.reason, exc.detail, exc.sqlstate, exc.table
+        )
     if isinstance(exc, DecodeError):
         return DeadLetter(partition, offset, key, value, "decode", exc.reason, exc.detail)
     return DeadLetter(

@@ -113,8 +113,8 @@ class Sink(Protocol):
 
 _INSERT_DEAD_LETTER = """
 INSERT INTO exporter_dead_letters
-    (topic, life, partition, "offset", msg_key, msg_value, stage, reason, sqlstate, error)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    (topic, life, partition, "offset", msg_key, msg_value, stage, reason, sqlstate, error, table_name)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (topic, life, partition, "offset") DO NOTHING"""
 
 _PARK = f"""
@@ -408,6 +408,7 @@ class _Attempt:
                         d.reason,
                         d.sqlstate,
                         d.error,
+                        d.table,
                     )
                     for d in dead
                 ],
@@ -543,7 +544,7 @@ class _Attempt:
 
 
 def _reasons(report: FlushReport) -> list[str]:
-    return [f"{d.stage}:{d.reason}" for d in report.dead_letters]
+    return [d.kind for d in report.dead_letters]
 
 
 # A parked child taken back: (partition, offset, key, value, COPY text).

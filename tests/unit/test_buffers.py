@@ -152,3 +152,15 @@ def test_children_and_tables_with_another_unique_column_are_never_collapsed() ->
         "orders",
         "holidays",
     }
+
+
+def test_a_dead_letter_knows_its_table_once_decoding_got_that_far() -> None:
+    from pme_exporter.buffers import DeadLetter, dead_letter_for
+    from pme_exporter.errors import DecodeError, ValueRefused
+
+    refused = dead_letter_for(ValueRefused("orders", "22001", "value too long"), 0, 1, None, b"{}")
+    assert (refused.table, refused.kind) == ("orders", "database/sqlstate_22001")
+    undecodable = dead_letter_for(DecodeError("invalid_json", "not JSON"), 0, 2, None, b"{")
+    assert (undecodable.table, undecodable.kind) == (None, "decode/invalid_json")
+    by_postgres = DeadLetter.refused((0, 3, None, b"{}"), "trades", "23505", "duplicate key")
+    assert (by_postgres.table, by_postgres.error) == ("trades", "trades: duplicate key")

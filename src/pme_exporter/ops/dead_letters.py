@@ -46,8 +46,8 @@ def _where(topic: str, f: DeadLetterFilter) -> tuple[sql.Composable, dict[str, A
         clauses.append(sql.SQL("reason = %(reason)s"))
         params["reason"] = f.reason
     if f.table is not None:
-        clauses.append(sql.SQL("error LIKE %(table)s"))  # database refusals read "<table>: <message>"
-        params["table"] = f"{f.table}: %"
+        clauses.append(sql.SQL("table_name = %(table)s"))
+        params["table"] = f.table
     if f.older_than_s is not None:
         clauses.append(sql.SQL("created_at < now() - make_interval(secs => %(age)s)"))
         params["age"] = f.older_than_s

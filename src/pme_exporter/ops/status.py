@@ -14,6 +14,7 @@ from datetime import datetime
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
+from pme_exporter.buffers import kind_of
 from pme_exporter.kafka_config import KAFKA_LOG
 from pme_exporter.progress import last_saved_at, read_stored_offsets
 from pme_exporter.settings import Settings
@@ -53,7 +54,7 @@ def read_status(settings: Settings, timeout_s: float = 10.0) -> Status:
         exported = read_stored_offsets(conn, settings.kafka_topic)
         status.last_flush = last_saved_at(conn, settings.kafka_topic)
         status.dead_letters = {
-            f"{stage}/{reason}": int(n)
+            kind_of(stage, reason): int(n)
             for stage, reason, n in conn.execute(
                 "SELECT stage, reason, count(*) FROM exporter_dead_letters WHERE topic = %s"
                 " GROUP BY stage, reason ORDER BY stage, reason",
