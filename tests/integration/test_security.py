@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -92,6 +93,14 @@ def secure_db(secure: Secure) -> Iterator[str]:
     migrate(secure.conninfo(name))
     yield name
     with psycopg.connect(secure.conninfo("pme"), autocommit=True) as conn:
+        # A worker's server processes end a moment after the worker does; pme may not end
+        # another role's sessions itself, so it waits (bounded) for them first.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone()
+            if row is None or row[0] == 0:
+                break
+            time.sleep(0.1)
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
