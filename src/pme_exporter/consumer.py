@@ -395,7 +395,7 @@ class ConsumerLoop:
         except TopicRecreated as exc:
             raise KafkaFatalError(
                 f"{exc}; nothing of its new life was exported. PME_TOPIC_RECREATED=restart exports "
-                "the new life from its first offset (README Operating)"
+                "the new life from its first offset (README: A recreated topic is a new life of it)"
             ) from None
         if life.previous_id is not None:
             log.warning(

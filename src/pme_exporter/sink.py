@@ -3,8 +3,9 @@
 Contract of ``Sink.write(batch)``:
 - all or nothing: the batch's rows, its dead letters, its parked children and
   its stored offsets (``progress``) commit together, or nothing does;
-- a row PostgreSQL refuses (SQLSTATE class 22 or 23) does not fail the batch:
-  it is isolated by bisection and written to ``exporter_dead_letters``;
+- a row PostgreSQL refuses (any SQLSTATE no retry cures, but for the schema's own
+  faults: ``errors.is_row_error``) does not fail the batch: it is isolated by
+  bisection and written to ``exporter_dead_letters``;
 - a child whose parent is not stored yet is handed back in ``report.carried``
   (the caller puts it in the next batch, see ``Batch.carry``) and the saved
   offset of its partition stays at it; when the batch's ``carry_policy`` says
@@ -247,12 +248,18 @@ class PostgresSink:
 
     def _end_cut_off(self, conn: psycopg.Connection[Any]) -> None:
         """Ends the server processes of connections cut off before, so their locks go now."""
-        while self._cut:
-            pid, backend_start = self._cut[0]
-            with self._watch(conn, "ending a cut-off server process"):
-                row = conn.execute(_END_CUT_OFF, (pid, backend_start)).fetchone()
-            conn.commit()
-            self._cut.pop(0)
+        while True:
+            try:  # one pop each: two lanes may end cut-off processes at once
+                pid, backend_start = self._cut.pop(0)
+            except IndexError:
+                return
+            try:
+                with self._watch(conn, "ending a cut-off server process"):
+                    row = conn.execute(_END_CUT_OFF, (pid, backend_start)).fetchone()
+                conn.commit()
+            except BaseException:
+                self._cut.append((pid, backend_start))  # the next write tries again
+                raise
             if row and row[0]:
                 log.info("Ended server process %d of a dropped connection, releasing its locks", pid)
 
