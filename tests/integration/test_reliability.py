@@ -65,7 +65,7 @@ def test_constraint_drift_trips_the_breaker_instead_of_draining_the_topic(
     worker = ExporterProcess(s, tmp_path / "exporter.log")
     try:
         line = wait_for_log(worker, r"Halted by the dead-letter breaker: [^\n]*")
-        assert "database:sqlstate_23502" in line
+        assert "database/sqlstate_23502" in line
         assert http_status(free_port, "/readyz") == 503
         time.sleep(1)  # it stays halted: no more dead letters, no more offsets
         with psycopg.connect(s.conninfo()) as conn:
