@@ -70,14 +70,15 @@ class Lanes:
         return {lane.index: sorted(lane.partitions) for lane in self._all}
 
     def route(self, messages: list[Any]) -> None:
-        """Adds each message to the batch of its partition's lane."""
-        if len(self._all) == 1:
-            self._all[0].batch.add(messages)
-            return
-        routed: dict[int, list[Any]] = {}
+        """Adds each message to the batch of its partition's lane. A message of a partition no
+        lane holds is left out: librdkafka may still hand over what it fetched for partitions
+        since lost, and their new owner reads them again from the stored offsets."""
         lane_of = self._of
+        routed: dict[int, list[Any]] = {}
         for m in messages:
-            routed.setdefault(lane_of[m.partition()].index, []).append(m)
+            lane = lane_of.get(m.partition())
+            if lane is not None:
+                routed.setdefault(lane.index, []).append(m)
         for index, routed_messages in routed.items():
             self._all[index].batch.add(routed_messages)
 
