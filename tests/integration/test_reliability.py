@@ -204,14 +204,18 @@ def _frozen_in_transaction(conninfo: str) -> bool:
     A worker stopped while it streams a COPY leaves its backend 'active' in ClientRead,
     where neither idle_in_transaction_session_timeout nor a cancel reaches it; its locks
     last until its connection dies (README "Failure handling"). That case is not what
-    this test is about, so the freeze is tried again until it lands between statements.
+    this test is about, so the freeze is tried again until it lands between statements,
+    after the batch's new orders are written: the worker taking its partitions over
+    replays those orders, and so must wait for the frozen transaction's locks.
     """
     with psycopg.connect(conninfo, autocommit=True) as conn:
         found = conn.execute(
             "SELECT count(*) FILTER (WHERE state = 'idle in transaction'"
-            "   AND state_change < now() - interval '300 milliseconds'),"
+            "   AND state_change < now() - interval '300 milliseconds'"
+            "   AND EXISTS (SELECT FROM pg_locks l WHERE l.pid = a.pid AND l.granted"
+            "       AND l.relation = 'orders'::regclass AND l.mode = 'RowExclusiveLock')),"
             " count(*) FILTER (WHERE state = 'active' AND wait_event = 'ClientRead')"
-            " FROM pg_stat_activity WHERE datname = current_database()"
+            " FROM pg_stat_activity a WHERE datname = current_database()"
             " AND application_name = 'pme-exporter'"
         ).fetchone()
     return bool(found and found[0] and not found[1])
@@ -243,7 +247,7 @@ def test_a_worker_frozen_inside_its_transaction_does_not_stall_the_group(
         stopped = False
         for start in range(0, len(day), chunk):
             located += publish(stack.kafka_url, topic, day[start : start + chunk])
-            for _attempt in range(20):  # stop it between two statements of a transaction
+            for _attempt in range(40):  # stop it between two statements of a transaction
                 if stopped:
                     break
                 frozen.proc.send_signal(signal.SIGSTOP)
