@@ -21,6 +21,11 @@ REQUIRED = (
     "ratio_to_pg_ceiling",
     "latency_p99_ms",
     "peak_rss_mb",
+    "exporter_cpu_ratio_to_ceiling_postgres",
+    "postgres_cpu_ratio_run_to_ceiling",
+    "added_latency_p99_ms@500",
+    "ratio_to_copy_limit",
+    "pg_ceiling_spread",
 )
 
 
@@ -52,6 +57,12 @@ def test_quick_run_reports_every_figure(stack: Stack, tmp_path: Path) -> None:
         == results["end_to_end_events_per_s"] / results["pg_ceiling_events_per_s"]
     )
     assert results["end_to_end_cpu_s_exporter"] > 0
+    # The ceiling, measured twice: its mean, and how far apart the two were.
+    before, after = results["pg_ceiling_before_events_per_s"], results["pg_ceiling_after_events_per_s"]
+    assert results["pg_ceiling_events_per_s"] == (before + after) / 2
+    assert results["pg_ceiling_spread"] == abs(before - after) / results["pg_ceiling_events_per_s"]
+    # The COPY limit loaded every final row of the exported database.
+    assert results["copy_limit_rows"] > 0 and results["ratio_to_copy_limit"] > 0
     if stack.local:  # the servers run on this machine, so their CPU is measured
         assert results["end_to_end_cpu_s_postgres"] > 0 and results["pg_ceiling_cpu_s_postgres"] > 0
     for rate in ("500", "2000"):
@@ -63,6 +74,7 @@ def test_quick_run_reports_every_figure(stack: Stack, tmp_path: Path) -> None:
         assert results[f"latency_p99_over_kafka_ms@{rate}"] == (
             results[f"latency_p99_ms@{rate}"] - results[f"latency_kafka_p99_ms@{rate}"]
         )
+        assert results[f"added_latency_p99_ms@{rate}"] == results[f"latency_p99_over_kafka_ms@{rate}"]
         assert (
             results[f"latency_p99_bound_ms@{rate}"]
             == Settings().flush_linger_ms + 2 * results[f"latency_flush_p50_ms@{rate}"]
