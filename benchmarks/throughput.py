@@ -564,16 +564,20 @@ def receive_latencies(bootstrap: str, topic: str, ready: Any, stop: Any, results
     results.put(received)
 
 
-def latency(settings: Settings, rate: int, seconds: float, partitions: int) -> dict[str, float]:
+def latency(
+    settings: Settings, rate: int, seconds: float, partitions: int, into: Settings | None = None
+) -> dict[str, float]:
     """Events stamped with their produce time at a steady rate; latency = exported_at - event
     time, where exported_at is when the transaction that stored the event began (its flush's
     own duration, reported beside, comes on top). Kafka's delivery latency of the same
     stream is measured alongside."""
     topic = f"bench-latency-{rate}-{uuid.uuid4().hex[:6]}"
     create_topic(settings.kafka_url, topic, partitions)
-    s = fresh_database(settings, "pme_bench_latency").replace(
-        kafka_topic=topic, kafka_group_id=topic, metrics_port=free_port()
-    )
+    # ``into``: a database that already holds rows (the scale benchmark's soak); only rows
+    # exported from now on are counted.
+    target = into if into is not None else fresh_database(settings, "pme_bench_latency")
+    s = target.replace(kafka_topic=topic, kafka_group_id=topic, metrics_port=free_port())
+    since = datetime.now(UTC)
     proc = subprocess.Popen([sys.executable, "-m", "pme_exporter", "run"], env=exporter_env(s))
     receiver = KafkaReceiver(settings.kafka_url, topic)
     try:
@@ -595,12 +599,13 @@ def latency(settings: Settings, rate: int, seconds: float, partitions: int) -> d
         proc.terminate()
         proc.wait(60)
     union = " UNION ALL ".join(
-        f"SELECT extract(epoch FROM exported_at - {'updated_at' if spec.mode.value == 'upsert' else 'created_at'}) * 1000 AS ms FROM {spec.table}"
+        f"SELECT extract(epoch FROM exported_at - {'updated_at' if spec.mode.value == 'upsert' else 'created_at'}) * 1000 AS ms FROM {spec.table} WHERE exported_at >= %(since)s"
         for spec in FLUSH_ORDER
     )
     with psycopg.connect(s.conninfo()) as conn:
         row = conn.execute(
-            f"SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms), count(*) FROM ({union}) l"
+            f"SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms), count(*) FROM ({union}) l",
+            {"since": since},
         ).fetchone()
     assert row is not None
     return {

@@ -12,9 +12,10 @@ import re
 import signal
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from types import FrameType
 
 import psycopg
@@ -149,7 +150,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Print a report view. Filters are bound as parameters, never formatted into SQL.",
     )
     report.add_argument("name", nargs="?", help="the report, without the report_ prefix (see --list)")
-    report.add_argument("--list", action="store_true", help="list the reports and exit")
+    report.add_argument(
+        "--list", action="store_true", help="list the reports, which are materialized and their last refresh"
+    )
+    report.add_argument(
+        "--refresh",
+        action="store_true",
+        help="refresh the materialized reports (the named one, or all) without blocking readers",
+    )
+    report.add_argument(
+        "--live", action="store_true", help="read the live view even where a materialized copy exists"
+    )
     report.add_argument("--account", help="only this account (reports that have one)")
     report.add_argument("--from", dest="date_from", type=_iso_date, help="first day, YYYY-MM-DD")
     report.add_argument("--to", dest="date_to", type=_iso_date, help="last day, YYYY-MM-DD (inclusive)")
@@ -220,20 +231,18 @@ def _iso_date(raw: str) -> date:
 
 def _report(args: argparse.Namespace, settings: Settings, parser: argparse.ArgumentParser) -> int:
     if args.list:
-        for r in reports.REPORTS:
-            offered = [
-                f for f, col in (("--account", r.account_column), ("--from/--to", r.date_column)) if col
-            ]
-            print(f"{r.name:<20} {r.title}{'  [' + ', '.join(offered) + ']' if offered else ''}")
-        return EXIT_OK
+        return _report_list(settings)
+    if args.refresh:
+        return _report_refresh(args, settings)
     if args.name is None:
-        parser.error("report: name a report, or use --list")
+        parser.error("report: name a report, or use --list or --refresh")
     filters = reports.Filters(
         account=args.account,
         date_from=args.date_from,
         date_to=args.date_to,
         limit=args.limit,
         time_zone=args.time_zone,
+        live=args.live,
     )
     try:
         report = reports.find(args.name)
@@ -241,19 +250,70 @@ def _report(args: argparse.Namespace, settings: Settings, parser: argparse.Argum
     except reports.ReportError as exc:
         print(f"pme-exporter report: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+    with psycopg.connect(settings.report_conninfo(), autocommit=True) as conn:
         try:
+            source = reports.source(conn, report, filters)
             columns, rows = reports.fetch(conn, report, filters)
         except psycopg.errors.UndefinedTable:
             print(
-                f"pme-exporter report: view {report.view} is missing; run pme-exporter migrate",
+                f"pme-exporter report: view {report.view} or its materialized copy is missing;"
+                " run pme-exporter migrate",
                 file=sys.stderr,
             )
             return EXIT_MIGRATION
+        except psycopg.errors.ObjectNotInPrerequisiteState:  # 55000: never refreshed
+            print(
+                f"pme-exporter report: {report.materialized_view} has never been refreshed;"
+                " run pme-exporter report --refresh, or read the live view with --live",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         except psycopg.errors.InvalidParameterValue as exc:  # 22023, e.g. an unknown time zone
             print(f"pme-exporter report: {exc.diag.message_primary}", file=sys.stderr)
             return EXIT_USAGE
     reports.render(columns, rows, args.format, sys.stdout)
+    # On stderr, so that CSV and JSON on stdout stay data only.
+    print(source.describe(datetime.now(UTC)), file=sys.stderr)
+    return EXIT_OK
+
+
+def _report_list(settings: Settings) -> int:
+    """Needs no database; the refresh times are added when it answers."""
+    refreshed: dict[str, tuple[datetime, float, int]] | None = None
+    try:
+        with psycopg.connect(settings.report_conninfo(), autocommit=True, connect_timeout=5) as conn:
+            refreshed = reports.refreshes(conn)
+    except (psycopg.Error, ConfigError) as exc:
+        print(f"pme-exporter report: refresh times unknown: {exc}".splitlines()[0], file=sys.stderr)
+    for r in reports.REPORTS:
+        offered = [f for f, col in (("--account", r.account_column), ("--from/--to", r.date_column)) if col]
+        if not r.materialized:
+            kind = "live"
+        elif refreshed is None:
+            kind = "materialized"
+        elif r.name in refreshed:
+            kind = f"materialized, refreshed {refreshed[r.name][0].isoformat(timespec='seconds')}"
+        else:
+            kind = "materialized, never refreshed"
+        print(f"{r.name:<20} {r.title}{'  [' + ', '.join(offered) + ']' if offered else ''}  ({kind})")
+    return EXIT_OK
+
+
+def _report_refresh(args: argparse.Namespace, settings: Settings) -> int:
+    """Refreshes on the primary: a replica is read-only."""
+    try:
+        with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+            started = time.monotonic()
+            stored = reports.refresh(conn, [args.name] if args.name else None)
+    except reports.ReportError as exc:
+        print(f"pme-exporter report: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except psycopg.errors.UndefinedFunction:
+        print("pme-exporter report: refresh_report() is missing; run pme-exporter migrate", file=sys.stderr)
+        return EXIT_MIGRATION
+    for name, count in stored.items():
+        print(f"refreshed {name}: {count} rows")
+    print(f"refreshed {len(stored)} report(s) in {time.monotonic() - started:.1f} s")
     return EXIT_OK
 
 

@@ -102,6 +102,21 @@ class Metrics:
             "Database connections the worker cut off after they stopped answering",
             registry=r,
         )
+        self.report_refresh_seconds = Gauge(
+            "pme_exporter_report_refresh_seconds",
+            "How long the last refresh of the materialized reports took (PME_REPORT_REFRESH_S)",
+            registry=r,
+        )
+        self.report_refreshed = Gauge(
+            "pme_exporter_report_refreshed_timestamp_seconds",
+            "When this worker last refreshed the materialized reports",
+            registry=r,
+        )
+        self.report_refresh_failures = Counter(
+            "pme_exporter_report_refresh_failures",
+            "Refreshes of the materialized reports that failed",
+            registry=r,
+        )
         self.kafka_errors = Counter(
             "pme_exporter_kafka_errors", "Errors reported by the Kafka client", ["code"], registry=r
         )

@@ -88,6 +88,13 @@ class Settings:
     # The CA that signed the server's certificate (libpq's sslrootcert), for verify-ca/verify-full.
     db_sslrootcert: str | None = setting(None, "DB_SSLROOTCERT", _text)
     database_url: str | None = setting(None, "DATABASE_URL", _text, secret=True, not_empty=True)
+    # Where `report` reads (a read replica, README "Read replica"); unset: the database above.
+    report_database_url: str | None = setting(
+        None, "PME_REPORT_DATABASE_URL", _text, secret=True, not_empty=True
+    )
+    # The worker refreshes the materialized reports this often (seconds); 0: never, for
+    # `pme-exporter report --refresh` from a scheduler instead.
+    report_refresh_s: int = setting(0, "PME_REPORT_REFRESH_S", int)
     max_batch_events: int = setting(30_000, "PME_MAX_BATCH_EVENTS", int)
     flush_interval_ms: int = setting(500, "PME_FLUSH_INTERVAL_MS", int)
     # An idle lane flushes a batch this old at once (adaptive flushing); 0: wait for N or T.
@@ -151,6 +158,11 @@ class Settings:
             f"must be from 0 to PME_FLUSH_INTERVAL_MS ({self.flush_interval_ms})",
         )
         _check(1 <= self.flush_lanes <= 16, VARIABLE_OF["flush_lanes"], "must be from 1 to 16")
+        _check(
+            self.report_refresh_s == 0 or self.report_refresh_s >= 10,
+            VARIABLE_OF["report_refresh_s"],
+            "must be 0 (never) or at least 10 seconds",
+        )
         _check(
             self.max_buffered_events >= self.max_batch_events,
             VARIABLE_OF["max_buffered_events"],
@@ -227,6 +239,14 @@ class Settings:
                 "must start with postgresql:// (the value is not shown: it may hold a password)",
             )
             _check_connection_options(self.conninfo(), VARIABLE_OF["database_url"])
+        if self.report_database_url is not None:
+            parts = urlsplit(self.report_database_url)
+            _check(
+                parts.scheme in ("postgres", "postgresql"),
+                VARIABLE_OF["report_database_url"],
+                "must start with postgresql:// (the value is not shown: it may hold a password)",
+            )
+            _check_connection_options(self.report_conninfo(), VARIABLE_OF["report_database_url"])
 
     def conninfo(self) -> str:
         """The libpq connection string; contains the password, so never log it."""
@@ -246,6 +266,15 @@ class Settings:
             connect_timeout=10,
             **_CONNECTION_BOUNDS,
         )
+
+    def report_conninfo(self) -> str:
+        """Where reports are read: PME_REPORT_DATABASE_URL, else the worker's database."""
+        if self.report_database_url is None:
+            return self.conninfo()
+        try:
+            return make_conninfo(self.report_database_url, **_CONNECTION_BOUNDS)
+        except Exception as exc:
+            raise ConfigError("PME_REPORT_DATABASE_URL: cannot be parsed as a PostgreSQL URL") from exc
 
     def check_files(self) -> None:
         """Every certificate and key file named is there and readable; else a ConfigError

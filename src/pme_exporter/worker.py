@@ -24,6 +24,7 @@ from pme_exporter.kafka_config import KAFKA_LOG, KafkaErrorPolicy, consumer_conf
 from pme_exporter.logs import ledger_log
 from pme_exporter.metrics import HealthServer, Metrics
 from pme_exporter.migrate import check_migrations, migrate
+from pme_exporter.refresher import ReportRefresher
 from pme_exporter.schema import live_column_types
 from pme_exporter.settings import Settings
 from pme_exporter.sink import FlushReport, PostgresSink, count_outcomes
@@ -479,11 +480,28 @@ def _run(settings: Settings, stop: threading.Event, metrics: Metrics, probes: Pr
         ),
         Liveness(loop=loop, flushers=flushers, max_stall_s=settings.liveness_max_stall_s),
     )
+    refresher = None
+    if settings.report_refresh_s:
+
+        def refreshed(took_s: float) -> None:
+            metrics.report_refresh_seconds.set(took_s)
+            metrics.report_refreshed.set(time.time())
+
+        refresher = ReportRefresher(
+            conninfo=settings.conninfo(),
+            interval_s=settings.report_refresh_s,
+            statement_timeout_ms=max(settings.db_statement_timeout_ms, 600_000),
+            on_refreshed=refreshed,
+            on_failed=metrics.report_refresh_failures.inc,
+        )
+        refresher.start()
     tune_gc()
     log.info("Database Exporter Service started")
     try:
         loop.run(stop)
     finally:
+        if refresher is not None:
+            refresher.close(timeout_s=2.0)
         summary.write(final=True)
         # The loop spent the shutdown deadline; what is still being written is
         # left uncommitted (read again next run) rather than waited for.

@@ -5,6 +5,12 @@ every filter value bound as a parameter (identifiers come only from
 ``REPORTS``), and returns the column names and rows; ``render`` prints them as
 an aligned table, CSV or JSON. A filter the report does not offer raises
 ``ReportError`` before any query runs.
+
+The reports that aggregate over whole tables are also materialized
+(``sql/008_materialized_reports.sql``), with days counted in UTC. ``fetch`` reads
+the materialized copy unless ``Filters.live`` is set or the days are asked for in
+another zone; ``source`` says which it reads and how fresh that is. ``refresh``
+refreshes them without blocking readers.
 """
 
 from __future__ import annotations
@@ -34,10 +40,15 @@ class Report:
     order_by: tuple[tuple[str, bool], ...]  # (column, descending)
     account_column: str | None = None  # what --account filters
     date_column: str | None = None  # what --from / --to filter (a date or an instant)
+    materialized: bool = False  # also kept as a materialized view (sql/008)
 
     @property
     def view(self) -> str:
         return f"report_{self.name}"
+
+    @property
+    def materialized_view(self) -> str:
+        return f"report_{self.name}_mat"
 
 
 REPORTS: tuple[Report, ...] = (
@@ -58,6 +69,7 @@ REPORTS: tuple[Report, ...] = (
         (("trade_date", True), ("total_quantity", True), ("instrument_code", False)),
         None,
         "trade_date",
+        materialized=True,
     ),
     Report(
         "account_activity",
@@ -65,14 +77,16 @@ REPORTS: tuple[Report, ...] = (
         (("activity_date", True), ("account_code", False)),
         "account_code",
         "activity_date",
+        materialized=True,
     ),
-    Report("rejected_orders", "Rejected orders by day", (("date", True),), None, "date"),
+    Report("rejected_orders", "Rejected orders by day", (("date", True),), None, "date", materialized=True),
     Report(
         "daily_trading",
         "Daily trading report (matched trades)",
         (("trading_date", True), ("total_quantity", True), ("instrument_code", False)),
         None,
         "trading_date",
+        materialized=True,
     ),
     Report(
         "account_performance",
@@ -80,15 +94,22 @@ REPORTS: tuple[Report, ...] = (
         (("month", True), ("total_volume", True), ("code", False)),
         "code",
         "month",
+        materialized=True,
     ),
     Report(
         "open_borrowing",
         "Open borrowing by instrument (active BORR contracts)",
         (("quantity", True), ("instrument_code", False)),
+        materialized=True,
     ),
-    Report("order_book", "Order book by state and side", (("state", False), ("side", False))),
+    Report(
+        "order_book", "Order book by state and side", (("state", False), ("side", False)), materialized=True
+    ),
 )
 BY_NAME: dict[str, Report] = {r.name: r for r in REPORTS}
+MATERIALIZED: tuple[Report, ...] = tuple(r for r in REPORTS if r.materialized)
+# The zone a materialized report's days are counted in (refresh_report sets it).
+MATERIALIZED_ZONE = "UTC"
 
 
 @dataclass(frozen=True)
@@ -98,6 +119,75 @@ class Filters:
     date_to: date | None = None  # inclusive
     limit: int | None = None
     time_zone: str | None = None  # days and months are taken in this zone
+    live: bool = False  # the plain view even where a materialized copy exists
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a report's rows come from, and how fresh they are."""
+
+    relation: str
+    materialized: bool
+    refreshed_at: datetime | None = None
+    refresh_ms: float | None = None
+
+    def describe(self, now: datetime) -> str:
+        if not self.materialized:
+            return f"{self.relation}: live"
+        if self.refreshed_at is None:
+            return f"{self.relation}: materialized, never refreshed (pme-exporter report --refresh)"
+        age = int((now - self.refreshed_at).total_seconds())
+        return (
+            f"{self.relation}: materialized (days in {MATERIALIZED_ZONE}), refreshed"
+            f" {self.refreshed_at.isoformat(timespec='seconds')}, {age} s ago; --live for the live view"
+        )
+
+
+def reads_materialized(report: Report, filters: Filters) -> bool:
+    return (
+        report.materialized
+        and not filters.live
+        and (filters.time_zone is None or filters.time_zone.upper() == MATERIALIZED_ZONE)
+    )
+
+
+def refreshes(conn: psycopg.Connection[Any]) -> dict[str, tuple[datetime, float, int]]:
+    """Each materialized report's last refresh: (when, how long in ms, rows)."""
+    return {
+        name: (at, float(ms), int(count))
+        for name, at, ms, count in conn.execute(
+            "SELECT report, refreshed_at, duration_ms, row_count FROM report_refreshes"
+        )
+    }
+
+
+def source(conn: psycopg.Connection[Any], report: Report, filters: Filters) -> Source:
+    if not reads_materialized(report, filters):
+        return Source(report.view, materialized=False)
+    last = refreshes(conn).get(report.name)
+    return Source(
+        report.materialized_view,
+        materialized=True,
+        refreshed_at=last[0] if last else None,
+        refresh_ms=last[1] if last else None,
+    )
+
+
+def refresh(conn: psycopg.Connection[Any], names: Sequence[str] | None = None) -> dict[str, int]:
+    """Refreshes the named materialized reports (all by default), each in its own transaction,
+    without blocking their readers; returns the rows each holds now."""
+    chosen = MATERIALIZED if not names else tuple(find(n) for n in names)
+    for report in chosen:
+        if not report.materialized:
+            raise ReportError(
+                f"report {report.name} is not materialized; materialized: {', '.join(r.name for r in MATERIALIZED)}"
+            )
+    stored: dict[str, int] = {}
+    for report in chosen:
+        with conn.transaction():
+            row = conn.execute("SELECT refresh_report(%s)", (report.name,)).fetchone()
+        stored[report.name] = int(row[0]) if row else 0
+    return stored
 
 
 def find(name: str) -> Report:
@@ -135,7 +225,8 @@ def query(report: Report, filters: Filters) -> tuple[sql.Composed, dict[str, Any
         if filters.date_to is not None:
             where.append(sql.SQL("{} < %(date_to)s::date + 1").format(column))
             params["date_to"] = filters.date_to
-    statement = sql.SQL("SELECT * FROM {}").format(sql.Identifier(report.view))
+    relation = report.materialized_view if reads_materialized(report, filters) else report.view
+    statement = sql.SQL("SELECT * FROM {}").format(sql.Identifier(relation))
     if where:
         statement += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where)
     statement += sql.SQL(" ORDER BY ") + sql.SQL(", ").join(
