@@ -35,7 +35,8 @@ BEGIN
             report_open_borrowing, report_order_book,
             report_trading_volume_mat, report_account_activity_mat, report_rejected_orders_mat,
             report_daily_trading_mat, report_account_performance_mat, report_open_borrowing_mat,
-            report_order_book_mat, report_refreshes
+            report_order_book_mat, report_refreshes,
+            report_order_outcomes, report_settlement_calendar
             TO pme_reader;
         EXECUTE format('GRANT CONNECT ON DATABASE %I TO pme_reader', current_database());
     END IF;

@@ -32,6 +32,10 @@ PG_DIR="$STACK_DIR/postgres"
 PG_DATA="$PG_DIR/data"
 PG_SOCKET="$PG_DIR/socket"
 PG_LOG="$STACK_DIR/postgres.log"
+# deploy/local/up --replica: a streaming replica of PostgreSQL beside it.
+PG_REPLICA_PORT="${PME_PG_REPLICA_PORT:-$((PG_PORT + 1))}"
+PG_REPLICA_DATA="$STACK_DIR/replica/data"
+PG_REPLICA_LOG="$STACK_DIR/replica.log"
 
 log() { printf '[pme-stack] %s\n' "$*" >&2; }
 
@@ -67,6 +71,12 @@ pg_running() {
   local bin
   bin="$(pg_bin_dir)" || return 1
   [ -f "$PG_DATA/postmaster.pid" ] && as_pg_owner "$bin/pg_ctl" status -D "$PG_DATA" >/dev/null 2>&1
+}
+
+replica_running() {
+  local bin
+  bin="$(pg_bin_dir)" || return 1
+  [ -f "$PG_REPLICA_DATA/postmaster.pid" ] && as_pg_owner "$bin/pg_ctl" status -D "$PG_REPLICA_DATA" >/dev/null 2>&1
 }
 
 port_in_use() {

@@ -599,7 +599,7 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
         if args.command == "migrate":
             from pme_exporter.migrate import migrate
 
-            applied = migrate(settings.conninfo())
+            applied = migrate(settings.conninfo(), publication=settings.publication)
             print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
             return EXIT_OK
         if args.command == "report":

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from pme_exporter import __version__
 from pme_exporter.errors import ConfigError, MigrationError, is_retryable
 from pme_exporter.logs import ledger_log
+from pme_exporter.schema import FLUSH_ORDER
 
 log = ledger_log(logging.getLogger(__name__))
 
@@ -59,8 +61,9 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     return migrations
 
 
-def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
-    """Applies pending migrations; returns the versions applied now."""
+def migrate(conninfo: str, directory: Path | None = None, *, publication: str | None = None) -> list[str]:
+    """Applies pending migrations, then the grants, then (given a name) keeps a publication of
+    the ledger tables (``PME_PUBLICATION``); returns the versions applied now."""
     migrations = load_migrations(directory)
     applied_now = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -107,6 +110,8 @@ def migrate(conninfo: str, directory: Path | None = None) -> list[str]:
                 log.info("Applied migration %s_%s", m.version, m.name)
                 applied_now.append(m.version)
             _grant(conn, directory or sql_dir())
+            if publication is not None:
+                ensure_publication(conn, publication)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now
@@ -170,6 +175,32 @@ def check_encoding(conn: psycopg.Connection[Any]) -> None:
             f"the database {row[1]} is encoded {row[0]}; pme-exporter needs a UTF8 database "
             f"(CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0)"
         )
+
+
+def ensure_publication(conn: psycopg.Connection[Any], name: str) -> None:
+    """Creates the publication ``name`` over every ledger table, or sets its tables to them, so
+    that a downstream consumer (a pgoutput client such as Debezium) follows the mirror's changes.
+    Each table's primary key identifies its rows in updates and deletes."""
+    tables = sql.SQL(", ").join(sql.Identifier(spec.table) for spec in FLUSH_ORDER)
+    try:
+        with conn.transaction():
+            found = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone()
+            verb = "ALTER PUBLICATION {} SET TABLE {}" if found else "CREATE PUBLICATION {} FOR TABLE {}"
+            conn.execute(sql.SQL(verb).format(sql.Identifier(name), tables))
+    except psycopg.Error as exc:
+        if is_retryable(exc):
+            raise
+        raise MigrationError(f"the publication {name} was refused: {_server_message(exc)}") from exc
+    level = conn.execute("SHOW wal_level").fetchone()
+    if level and level[0] != "logical":
+        log.warning(
+            "The publication %s is kept, but wal_level is %s: nothing can follow it until the "
+            "server runs with wal_level=logical",
+            name,
+            level[0],
+        )
+    else:
+        log.info("Publication %s covers the %d ledger tables", name, len(FLUSH_ORDER))
 
 
 def _grant(conn: psycopg.Connection[Any], directory: Path) -> None:

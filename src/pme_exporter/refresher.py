@@ -1,8 +1,8 @@
 """Keeps the materialized reports fresh from inside the worker (``PME_REPORT_REFRESH_S``).
 
 Contract of ``ReportRefresher``: ``start()`` runs a thread that, every interval,
-refreshes every materialized report (``reports.refresh``) on a connection of its
-own, never one of the flushers'. Only one worker of a group refreshes at a time
+refreshes every materialized report the database holds (``refresh_all``) on a
+connection of its own, never one of the flushers'. Only one worker of a group refreshes at a time
 (a session advisory lock, tried, never waited for). A failed refresh is logged,
 counted and tried again next interval; it never stops the worker. ``close``
 cancels a refresh under way and returns within its bound.
@@ -19,12 +19,28 @@ from typing import Any
 import psycopg
 
 from pme_exporter.logs import ledger_log
-from pme_exporter.ops import reports
 
 log = ledger_log(logging.getLogger(__name__))
 
 # pg_try_advisory_lock key: the refresh of a database's reports, one worker at a time.
 REFRESH_LOCK_KEY = 0x706D6552  # "pmeR"
+# The materialized reports the database holds (sql/008): report_<name>_mat.
+_MATERIALIZED = r"""SELECT substring(matviewname FROM '^report_(.*)_mat$') FROM pg_matviews
+WHERE schemaname = 'public' AND matviewname LIKE 'report\_%\_mat' ORDER BY 1"""
+
+
+def refresh_report(conn: psycopg.Connection[Any], name: str) -> int:
+    """Refreshes one materialized report in its own transaction, without blocking its readers
+    (refresh_report() in sql/008 runs as the view's owner); returns the rows it holds now."""
+    with conn.transaction():
+        row = conn.execute("SELECT refresh_report(%s)", (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def refresh_all(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Refreshes every materialized report of the database; returns the rows each holds."""
+    names = [name for (name,) in conn.execute(_MATERIALIZED).fetchall()]
+    return {name: refresh_report(conn, name) for name in names}
 
 
 class ReportRefresher:
@@ -70,7 +86,7 @@ class ReportRefresher:
             return False
         try:
             started = time.monotonic()
-            stored = reports.refresh(conn)
+            stored = refresh_all(conn)
             took = time.monotonic() - started
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (REFRESH_LOCK_KEY,))

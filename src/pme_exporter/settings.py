@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -95,6 +96,9 @@ class Settings:
     # The worker refreshes the materialized reports this often (seconds); 0: never, for
     # `pme-exporter report --refresh` from a scheduler instead.
     report_refresh_s: int = setting(0, "PME_REPORT_REFRESH_S", int)
+    # `migrate` keeps a publication of this name over the ledger tables, for downstream
+    # consumers of the changes (README "Changes flowing out"); unset: none.
+    publication: str | None = setting(None, "PME_PUBLICATION", _text, not_empty=True)
     max_batch_events: int = setting(30_000, "PME_MAX_BATCH_EVENTS", int)
     flush_interval_ms: int = setting(500, "PME_FLUSH_INTERVAL_MS", int)
     # An idle lane flushes a batch this old at once (adaptive flushing); 0: wait for N or T.
@@ -158,6 +162,11 @@ class Settings:
             f"must be from 0 to PME_FLUSH_INTERVAL_MS ({self.flush_interval_ms})",
         )
         _check(1 <= self.flush_lanes <= 16, VARIABLE_OF["flush_lanes"], "must be from 1 to 16")
+        _check(
+            self.publication is None or re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.publication) is not None,
+            VARIABLE_OF["publication"],
+            "must be a lower-case SQL name: letters, digits and _, at most 63, not starting with a digit",
+        )
         _check(
             self.report_refresh_s == 0 or self.report_refresh_s >= 10,
             VARIABLE_OF["report_refresh_s"],
@@ -428,6 +437,7 @@ _TOOL_VARIABLES = frozenset(
         "PME_KAFKA_PORT",
         "PME_KAFKA_CONTROLLER_PORT",
         "PME_KAFKA_HEAP",
+        "PME_PG_REPLICA_PORT",
         "PME_PG_PORT",
         "PME_DB_USER",
         "PME_DB_PASSWORD",

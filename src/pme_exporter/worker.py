@@ -160,7 +160,11 @@ def migrate_with_retry(
     delay = 0.5
     while True:
         try:
-            return _interruptible(lambda: STEPS[settings.migrate](conninfo), stop, "the database")
+            if settings.migrate == "auto":
+                work = lambda: migrate(conninfo, publication=settings.publication)  # noqa: E731
+            else:
+                work = lambda: STEPS[settings.migrate](conninfo)  # noqa: E731
+            return _interruptible(work, stop, "the database")
         except psycopg.Error as exc:
             if not is_retryable(exc):
                 raise

@@ -8,10 +8,12 @@ Reports are run through ``pme-exporter report NAME --format json``.
 from __future__ import annotations
 
 import json
+import re
+import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -21,10 +23,11 @@ import pytest
 from pme_exporter import cli
 from pme_exporter.devtools.databases import create_database, drop_database
 from pme_exporter.devtools.generator import create_topic, ends_of, publish, trading_day
+from pme_exporter.ops import reports
 from pme_exporter.settings import Settings
 from tests.helpers import ExporterThread, wait_exported
 from tests.model import Tables, apply_events, diff, snapshot
-from tests.stack import Stack
+from tests.stack import REPO, Stack
 
 JAKARTA = timezone(timedelta(hours=7))  # Asia/Jakarta has kept +07:00 since 1964
 Row = dict[str, Any]
@@ -261,3 +264,139 @@ def test_order_book(report: Callable[..., list[Row]], day: tuple[Settings, Table
     rows = report("order_book")
     assert [(r["state"], r["side"], r["orders"], r["quantity_left"]) for r in rows] == expected
     assert {s for s, *_ in expected} >= {"M", "O", "R"}
+
+
+@pytest.fixture
+def day_copy(day: tuple[Settings, Tables], admin_conninfo: str) -> Iterator[Settings]:
+    """A copy of the exported day that a test may change."""
+    settings, _ = day
+    name = f"t_reports_copy_{uuid.uuid4().hex[:8]}"
+    create_database(admin_conninfo, name, template=settings.db_name)
+    yield settings.replace(db_name=name)
+    drop_database(admin_conninfo, name)
+
+
+def _relation(conn: psycopg.Connection[Any], relation: str) -> Counter[tuple[Any, ...]]:
+    return Counter(conn.execute(f"SELECT * FROM {relation}").fetchall())
+
+
+def test_a_refreshed_materialized_report_equals_its_plain_view_and_says_how_fresh_it_is(
+    day_copy: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in day_copy.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert reports.MATERIALIZED, "some reports are materialized"
+    with psycopg.connect(day_copy.conninfo(), autocommit=True) as conn:
+        conn.execute("SET TimeZone = 'UTC'")  # materialized reports count days in UTC
+        # Migrated before the day was exported: the copies are empty, the views are not.
+        for report in reports.MATERIALIZED:
+            assert _relation(conn, report.view), report.name
+            assert not _relation(conn, report.materialized_view), report.name
+
+    assert cli.main(["report", "--refresh"]) == 0
+    out = capsys.readouterr().out
+    assert f"refreshed {len(reports.MATERIALIZED)} report(s)" in out
+
+    with psycopg.connect(day_copy.conninfo(), autocommit=True) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        for report in reports.MATERIALIZED:
+            assert _relation(conn, report.materialized_view) == _relation(conn, report.view), report.name
+        refreshed = reports.refreshes(conn)
+    assert set(refreshed) == {r.name for r in reports.MATERIALIZED}
+
+    # `report NAME` reads the materialized copy and says so; --live reads the view: same rows.
+    assert cli.main(["report", "daily_trading", "--format", "json"]) == 0
+    materialized = capsys.readouterr()
+    assert "report_daily_trading_mat: materialized (days in UTC), refreshed" in materialized.err
+    assert cli.main(["report", "daily_trading", "--format", "json", "--live", "--tz", "UTC"]) == 0
+    live = capsys.readouterr()
+    assert "report_daily_trading: live" in live.err
+    assert json.loads(materialized.out) == json.loads(live.out) and json.loads(live.out)
+
+    # The list marks each report, with the refresh time of the materialized ones.
+    assert cli.main(["report", "--list"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    for report in reports.REPORTS:
+        if report.materialized:
+            at = refreshed[report.name][0].isoformat(timespec="seconds")
+            assert f"(materialized, refreshed {at})" in listed[report.name]
+        else:
+            assert listed[report.name].endswith("(live)")
+
+
+def test_a_materialized_report_keeps_its_rows_until_refreshed(
+    day_copy: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in day_copy.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["report", "--refresh", "order_book"]) == 0
+    capsys.readouterr()
+
+    def book(*args: str) -> list[Row]:
+        assert cli.main(["report", "order_book", "--format", "json", *args]) == 0
+        rows: list[Row] = json.loads(capsys.readouterr().out)
+        return rows
+
+    before = book()
+    with psycopg.connect(day_copy.conninfo()) as conn:
+        conn.execute("UPDATE orders SET quantity_left = quantity_left + 1 WHERE state = 'O'")
+    assert book() == before  # materialized: as of its refresh
+    assert book("--live") != before
+    assert cli.main(["report", "--refresh", "order_book"]) == 0
+    capsys.readouterr()
+    assert book() == book("--live") != before
+
+
+def test_refresh_refuses_a_report_that_is_not_materialized(
+    day_copy: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in day_copy.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["report", "--refresh", "account_orders"]) == 2
+    assert "report account_orders is not materialized" in capsys.readouterr().err
+    assert cli.main(["report", "--refresh", "no_such"]) == 2
+    assert "no report named 'no_such'" in capsys.readouterr().err
+
+
+def test_the_worker_refreshes_the_materialized_reports_on_its_schedule(day_copy: Settings) -> None:
+    with psycopg.connect(day_copy.conninfo(), autocommit=True) as conn:
+        conn.execute("TRUNCATE report_refreshes")
+    with ExporterThread(day_copy.replace(report_refresh_s=10, kafka_group_id=f"g-{uuid.uuid4().hex[:6]}")):
+        deadline = time.monotonic() + 40
+        with psycopg.connect(day_copy.conninfo(), autocommit=True) as conn:
+            while time.monotonic() < deadline and len(reports.refreshes(conn)) < len(reports.MATERIALIZED):
+                time.sleep(0.5)
+            conn.execute("SET TimeZone = 'UTC'")
+            assert set(reports.refreshes(conn)) == {r.name for r in reports.MATERIALIZED}
+            for report in reports.MATERIALIZED:
+                assert _relation(conn, report.materialized_view) == _relation(conn, report.view)
+
+
+DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "pme-ledger.json"
+
+
+def grafana_sql(raw: str, time_from: datetime, time_to: datetime) -> str:
+    """Grafana's PostgreSQL macros, expanded as Grafana expands them for a time range."""
+    start, end = (f"'{t.isoformat().replace('+00:00', 'Z')}'" for t in (time_from, time_to))
+    expanded = re.sub(r"\$__timeFilter\(([^)]+)\)", rf"\1 BETWEEN {start} AND {end}", raw)
+    expanded = expanded.replace("$__timeFrom()", start).replace("$__timeTo()", end)
+    assert "$" not in expanded, f"a macro the test does not expand: {raw}"
+    return expanded
+
+
+def test_every_business_dashboard_panel_returns_rows_for_an_exported_day_as_the_reader(
+    day: tuple[Settings, Tables],
+) -> None:
+    settings, _ = day
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    assert len(panels) >= 8
+    # The generated day is 2025-11-28 in Jakarta; the range is the dashboard's time picker.
+    time_from, time_to = datetime(2025, 11, 27, tzinfo=UTC), datetime(2025, 11, 29, tzinfo=UTC)
+    with psycopg.connect(settings.conninfo()) as conn:
+        conn.execute("SET ROLE pme_reader")  # the data source's role: report views only
+        for panel in panels:
+            for target in panel["targets"]:
+                rows = conn.execute(grafana_sql(target["rawSql"], time_from, time_to)).fetchall()
+                assert rows and any(v is not None for v in rows[0]), panel["title"]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT count(*) FROM orders")

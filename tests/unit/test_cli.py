@@ -8,6 +8,7 @@ import pytest
 
 from pme_exporter.cli import main
 from pme_exporter.errors import EXIT_CONFIG, EXIT_DATABASE, EXIT_USAGE
+from pme_exporter.ops.reports import REPORTS
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -111,7 +112,7 @@ def test_report_list_needs_no_database(capsys: pytest.CaptureFixture[str]) -> No
         mp.setenv("DB_PORT", "1")
         assert main(["report", "--list"]) == 0
     out = capsys.readouterr().out
-    assert out.count("\n") == 10 and "order_book" in out and "[--account, --from/--to]" in out
+    assert out.count("\n") == len(REPORTS) and "order_book" in out and "[--account, --from/--to]" in out
 
 
 def test_config_prints_every_setting_with_secrets_hidden_and_warns_of_unknown_variables() -> None:

@@ -171,3 +171,33 @@ def test_dashboard_chooses_its_datasource_and_instances() -> None:
         for target in panel["targets"]:
             selectors = re.findall(r"pme_exporter_\w+(\{[^}]*\})?", target["expr"])
             assert selectors and all('instance=~"$instance"' in s for s in selectors), target["expr"]
+
+
+def test_the_business_dashboard_reads_only_report_views_through_its_provisioned_source() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "pme-ledger.json").read_text())
+    provisioned = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "ledger.yml").read_text()
+    )
+    (source,) = provisioned["datasources"]
+    assert source["type"] == "grafana-postgresql-datasource" and source["user"] == "pme_report"
+    roles = (DEPLOY / "postgres" / "roles.sql").read_text()
+    assert "pme_report LOGIN" in roles and "IN ROLE pme_reader" in roles
+    granted = (REPO / "sql" / "grants.sql").read_text().split("TO pme_writer;")[-1]
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in (
+        "orders per minute",
+        "trades per minute",
+        "rejected",
+        "reason",
+        "open borrowing",
+        "fees",
+        "settlement",
+    ):
+        assert topic in titles, topic
+    for panel in dashboard["panels"]:
+        assert panel["datasource"] == {"type": source["type"], "uid": source["uid"]}, panel["title"]
+        for target in panel["targets"]:
+            relations = re.findall(r"\b(?:FROM|JOIN)\s+(\w+)", target["rawSql"], flags=re.IGNORECASE)
+            assert relations, panel["title"]
+            for relation in relations:  # the reader may read these, and nothing else
+                assert relation.startswith("report_") and relation in granted, (panel["title"], relation)

@@ -70,6 +70,14 @@ def test_environment_overrides_every_documented_variable() -> None:
         ({"PME_LIVENESS_MAX_STALL_S": "0"}, "PME_LIVENESS_MAX_STALL_S"),
         ({"PME_LIVENESS_MAX_STALL_S": "inf"}, "PME_LIVENESS_MAX_STALL_S"),
         ({"PME_TOPIC_RECREATED": "ignore"}, "PME_TOPIC_RECREATED"),
+        ({"PME_REPORT_REFRESH_S": "5"}, "PME_REPORT_REFRESH_S"),
+        ({"PME_REPORT_REFRESH_S": "hourly"}, "PME_REPORT_REFRESH_S"),
+        ({"PME_REPORT_DATABASE_URL": "mysql://u:secret@h/db"}, "PME_REPORT_DATABASE_URL"),
+        ({"PME_REPORT_DATABASE_URL": "postgresql://u@h:99999/db"}, "PME_REPORT_DATABASE_URL"),
+        ({"PME_REPORT_DATABASE_URL": ""}, "PME_REPORT_DATABASE_URL"),
+        ({"PME_PUBLICATION": "Pme-Ledger"}, "PME_PUBLICATION"),
+        ({"PME_PUBLICATION": "x; DROP TABLE orders"}, "PME_PUBLICATION"),
+        ({"PME_PUBLICATION": "9lives"}, "PME_PUBLICATION"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:

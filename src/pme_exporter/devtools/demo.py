@@ -109,6 +109,7 @@ def _print_report(settings: Settings) -> None:
             'SELECT stage, reason, error FROM exporter_dead_letters ORDER BY partition, "offset"'
         ):
             print(f"  {stage:<9} {reason:<15} {error}")
+        reports.refresh(conn)  # what `pme-exporter report --refresh` does
         for name, limit in DEMO_REPORTS:
             report = reports.find(name)
             columns, rows = reports.fetch(conn, report, reports.Filters(limit=limit))

@@ -32,11 +32,13 @@ def given_servers(env: Mapping[str, str]) -> dict[str, str] | None:
     return None
 
 
-def run_up(extra_env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_up(
+    extra_env: Mapping[str, str] | None = None, args: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     if not UP.exists():
         raise ConfigError("KAFKA_URL and DB_HOST are not set and deploy/local/up is not beside this install")
     return subprocess.run(
-        [str(UP)], capture_output=True, text=True, timeout=900, env={**os.environ, **(extra_env or {})}
+        [str(UP), *args], capture_output=True, text=True, timeout=900, env={**os.environ, **(extra_env or {})}
     )
 
 

@@ -26,6 +26,8 @@ from typing import Any, TextIO
 import psycopg
 from psycopg import sql
 
+from pme_exporter.refresher import refresh_report
+
 FORMATS = ("table", "csv", "json")
 
 
@@ -105,6 +107,14 @@ REPORTS: tuple[Report, ...] = (
     Report(
         "order_book", "Order book by state and side", (("state", False), ("side", False)), materialized=True
     ),
+    Report(
+        "order_outcomes",
+        "Orders accepted and rejected, with the reason",
+        (("answered_at", True), ("order_nid", True)),
+        "account_code",
+        "answered_at",
+    ),
+    Report("settlement_calendar", "Settlement calendar", (("date", False),), None, "date"),
 )
 BY_NAME: dict[str, Report] = {r.name: r for r in REPORTS}
 MATERIALIZED: tuple[Report, ...] = tuple(r for r in REPORTS if r.materialized)
@@ -182,12 +192,7 @@ def refresh(conn: psycopg.Connection[Any], names: Sequence[str] | None = None) -
             raise ReportError(
                 f"report {report.name} is not materialized; materialized: {', '.join(r.name for r in MATERIALIZED)}"
             )
-    stored: dict[str, int] = {}
-    for report in chosen:
-        with conn.transaction():
-            row = conn.execute("SELECT refresh_report(%s)", (report.name,)).fetchone()
-        stored[report.name] = int(row[0]) if row else 0
-    return stored
+    return {report.name: refresh_report(conn, report.name) for report in chosen}
 
 
 def find(name: str) -> Report:

@@ -5,14 +5,27 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import UTC, date, datetime
+import re
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pme_exporter.ops.reports import BY_NAME, REPORTS, Filters, ReportError, find, query, render
+from pme_exporter.migrate import sql_dir
+from pme_exporter.ops.reports import (
+    BY_NAME,
+    MATERIALIZED,
+    REPORTS,
+    Filters,
+    ReportError,
+    Source,
+    find,
+    query,
+    reads_materialized,
+    render,
+)
 
 
 @given(account=st.text(max_size=60))
@@ -43,9 +56,39 @@ def test_filters_a_report_lacks_are_refused() -> None:
         find("orders; DROP TABLE orders")
 
 
-def test_every_report_names_its_view_after_itself() -> None:
-    assert len(REPORTS) == len(BY_NAME) == 10
-    assert all(r.view == f"report_{r.name}" for r in REPORTS)
+def test_every_report_is_a_view_of_the_migrations_and_the_materialized_ones_have_their_copy() -> None:
+    migrations = "\n".join(p.read_text() for p in sorted(sql_dir().glob("[0-9]*.sql")))
+    views = set(re.findall(r"CREATE VIEW (report_\w+)", migrations))
+    copies = set(re.findall(r"CREATE MATERIALIZED VIEW (report_\w+)", migrations))
+    assert len(REPORTS) == len(BY_NAME) and views == {r.view for r in REPORTS}
+    assert copies == {r.materialized_view for r in MATERIALIZED} and MATERIALIZED
+    refreshed_by_the_migration = re.search(r"unnest\(ARRAY\[([^]]*)\]\)", migrations)
+    assert refreshed_by_the_migration
+    assert set(re.findall(r"'(\w+)'", refreshed_by_the_migration.group(1))) == {r.name for r in MATERIALIZED}
+
+
+def test_a_materialized_report_is_read_unless_live_or_another_zone_is_asked_for() -> None:
+    volume = BY_NAME["trading_volume"]
+    assert reads_materialized(volume, Filters()) and reads_materialized(volume, Filters(time_zone="utc"))
+    assert not reads_materialized(volume, Filters(live=True))
+    assert not reads_materialized(volume, Filters(time_zone="Asia/Jakarta"))
+    assert not reads_materialized(BY_NAME["account_orders"], Filters())
+    statement, _ = query(volume, Filters())
+    assert '"report_trading_volume_mat"' in statement.as_string(None)
+    statement, _ = query(volume, Filters(live=True))
+    assert '"report_trading_volume"' in statement.as_string(None)
+
+
+def test_a_source_says_how_fresh_it_is() -> None:
+    now = datetime(2025, 11, 28, 10, 0, tzinfo=UTC)
+    assert Source("report_order_book", materialized=False).describe(now) == "report_order_book: live"
+    never = Source("report_order_book_mat", materialized=True).describe(now)
+    assert "never refreshed" in never and "report --refresh" in never
+    fresh = Source("report_order_book_mat", materialized=True, refreshed_at=now - timedelta(seconds=90))
+    assert fresh.describe(now) == (
+        "report_order_book_mat: materialized (days in UTC), refreshed 2025-11-28T09:58:30+00:00,"
+        " 90 s ago; --live for the live view"
+    )
 
 
 COLUMNS = ["code", "amount", "at", "ok", "note"]
