@@ -8,6 +8,7 @@ and pauses its partitions when the batch is full and the flusher busy.
 
 from __future__ import annotations
 
+import re
 import time
 from array import array
 from collections import Counter
@@ -15,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pme_exporter.decode import Decoder, compare_instants
+from pme_exporter.decode import Decoder, compare_instants, escape
 from pme_exporter.errors import DecodeError, ValueRefused
 from pme_exporter.progress import CarryPolicy
 from pme_exporter.schema import BY_TABLE, TableSpec
@@ -145,6 +146,10 @@ def dead_letter_for(
     )
 
 
+# A staging line's first field, its seq (TableRows.add).
+_SEQ_FIELD = re.compile(rb"^[0-9]+\t", re.MULTILINE)
+
+
 @dataclass
 class TableRows:
     """One table's staging rows as COPY text, ready to send: seq, src_partition, src_offset, ts, columns.
@@ -208,6 +213,20 @@ class TableRows:
             out += data[starts[seq] : end - 1]
             out += f"\t{least[entity]}\n".encode()
         return out
+
+    def direct_copy_data(self, topic: str, life: int) -> bytes:
+        """The rows as COPY text for the table itself (``TableStatements.copy_direct``): each
+        line without its seq, with the topic and its life after the columns."""
+        suffix = f"\t{escape(topic)}\t{life}\n".encode()
+        return _SEQ_FIELD.sub(b"", self.copy_data).replace(b"\n", suffix)
+
+    def lowest_offsets(self) -> dict[int, int]:
+        """The lowest offset of these rows per partition."""
+        lowest: dict[int, int] = {}
+        for partition, offset, *_ in self.sources:
+            if offset < lowest.get(partition, offset + 1):
+                lowest[partition] = offset
+        return lowest
 
     def row_text(self, seq: int) -> str:
         """Row ``seq``'s COPY text as ``add`` took it (without seq, partition and offset)."""

@@ -39,6 +39,11 @@ class TableStatements:
     # shape of ``apply`` (NULL, NULL, NULL, inserted, updated, ...).
     create_row_by_row: str
     row_by_row: str  # the call, with %(lo)s, %(hi)s, %(topic)s and %(life)s
+    # Append tables: the short path. ``copy_direct`` takes ``TableRows.direct_copy_data``
+    # straight into the table; ``stored_ends`` returns (partition, greatest stored offset)
+    # for %(partitions)s of %(topic)s in %(life)s, so rows beyond it cannot clash.
+    copy_direct: str | None = None
+    stored_ends: str | None = None
 
 
 def staging_table(spec: TableSpec) -> str:
@@ -233,4 +238,17 @@ def statements_for(spec: TableSpec) -> TableStatements:
         apply=(_upsert(spec) if spec.mode is WriteMode.UPSERT else _append(spec)).replace("/*into*/", ""),
         create_row_by_row=row_by_row_function(spec),
         row_by_row=f"SELECT * FROM pg_temp.{row_by_row_name(spec)}(%(lo)s, %(hi)s, %(topic)s, %(life)s)",
+        copy_direct=None
+        if upsert
+        else (
+            f"COPY {spec.table} (src_partition, src_offset, created_at, {', '.join(spec.column_names)},"
+            " src_topic, src_life) FROM STDIN"
+        ),
+        stored_ends=None
+        if upsert
+        else (
+            f"SELECT p, (SELECT max(src_offset) FROM {spec.table}"
+            " WHERE src_topic = %(topic)s AND src_life = %(life)s AND src_partition = p)"
+            " FROM unnest(%(partitions)s::int[]) AS p"
+        ),
     )

@@ -422,7 +422,8 @@ def _run(settings: Settings, stop: threading.Event, metrics: Metrics, probes: Pr
         metrics.record_flush(report, time.time())
         totals = count_outcomes(report)
         log.debug(
-            "Flushed %d events in %.0f ms (copy %.0f, upsert %.0f, commit %.0f): %s, %d dead letters",
+            "Flushed %d events in %.0f ms (copy %.0f, upsert %.0f, commit %.0f): %s, %d dead letters;"
+            " %d append rows straight into their tables, %d fell back",
             report.events,
             report.total_s * 1000,
             sum(o.copy_s for o in report.tables.values()) * 1000,
@@ -430,6 +431,8 @@ def _run(settings: Settings, stop: threading.Event, metrics: Metrics, probes: Pr
             report.commit_s * 1000,
             ", ".join(f"{n} {outcome}" for outcome, n in totals.items()),
             len(report.dead_letters),
+            sum(o.direct for o in report.tables.values()),
+            sum(o.fell_back for o in report.tables.values()),
             extra={"events": report.events, "duration_ms": round(report.total_s * 1000, 1), "rows": totals},
         )
         summary.add(report, totals)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import psycopg
@@ -269,3 +272,87 @@ def test_a_refusal_of_a_kind_the_worker_does_not_know_is_isolated_not_fatal(
     ]
     assert "vetoed by hand" in report.dead_letters[0].error
     assert set(_participants(settings.conninfo())) == {f"P{i}" for i in range(10)}
+
+
+def _orders_and_acks(partition: int, first_offset: int, orders: int) -> list[FakeMessage]:
+    """Orders, each followed by its ack, on one partition from ``first_offset``."""
+    out = []
+    for i in range(orders):
+        nid = first_offset + 2 * i
+        out.append(msg(partition, nid, "Order", {"nid": nid, "account_code": "ACC1", "state": "O"}))
+        out.append(msg(partition, nid + 1, "OrderAck", {"order_nid": nid}))
+    return out
+
+
+def _acks(settings: Settings) -> list[tuple[int, int, int]]:
+    with psycopg.connect(settings.conninfo()) as conn:
+        rows = conn.execute(
+            "SELECT src_partition, src_offset, order_nid FROM order_acks ORDER BY 1, 2"
+        ).fetchall()
+    return [(p, o, n) for p, o, n in rows]
+
+
+def test_append_rows_beyond_the_stored_ones_go_straight_into_their_table(
+    sink: PostgresSink, settings: Settings
+) -> None:
+    first = sink.write(batch_of(*_orders_and_acks(0, 0, 50)))
+    assert first.tables["order_acks"].direct == first.tables["order_acks"].inserted == 50
+    second = sink.write(batch_of(*_orders_and_acks(0, 100, 50)))  # the next batch of the stream
+    assert second.tables["order_acks"].direct == 50 and second.tables["order_acks"].fell_back == 0
+    # A replay: the rows may be stored already, so the staging way, which skips them.
+    again = sink.write(batch_of(*_orders_and_acks(0, 0, 50)))
+    assert again.tables["order_acks"].direct == 0 and again.tables["order_acks"].duplicate == 50
+    acks = _acks(settings)
+    assert acks == [(0, 2 * i + 1, 2 * i) for i in range(50)] + [
+        (0, 100 + 2 * i + 1, 100 + 2 * i) for i in range(50)
+    ]
+
+
+def test_the_short_path_falls_back_on_a_clash_with_rows_committed_meanwhile(
+    sink: PostgresSink, settings: Settings
+) -> None:
+    """Another worker (one that lost the partition and has not noticed) commits an ack of the
+    batch while it is being written: the COPY meets it, and the staging way skips it."""
+    sink.write(batch_of(*_orders_and_acks(0, 0, 10)))
+    batch = batch_of(*_orders_and_acks(0, 100, 10))
+    with psycopg.connect(settings.conninfo()) as other:
+        other.execute(
+            "INSERT INTO order_acks (order_nid, created_at, src_topic, src_life, src_partition, src_offset)"
+            " VALUES (0, now(), 'ledger', 1, 0, 111)"
+        )
+        result: list[Any] = []
+        writer = threading.Thread(target=lambda: result.append(sink.write(batch)))
+        writer.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _waits_for_a_lock(settings):
+            time.sleep(0.02)
+        assert _waits_for_a_lock(settings), "the COPY never met the other transaction's row"
+        other.commit()
+        writer.join(30)
+    (report,) = result
+    acks = report.tables["order_acks"]
+    assert acks.direct == 0 and acks.fell_back == 10
+    assert acks.inserted == 9 and acks.duplicate == 1
+    stored = _acks(settings)
+    assert len(stored) == len(set((p, o) for p, o, _ in stored)) == 20
+    assert (0, 111, 0) in stored  # the other worker's
+
+
+def test_the_short_path_falls_back_for_children_whose_parent_is_not_stored(
+    sink: PostgresSink, settings: Settings
+) -> None:
+    acks = [msg(0, i, "OrderAck", {"order_nid": 1_000 + i}) for i in range(5)]
+    report = sink.write(batch_of(*acks))
+    outcome = report.tables["order_acks"]
+    assert outcome.direct == 0 and outcome.fell_back == 5 and outcome.carried == 5
+    assert report.saved_offsets == {0: 0}  # held at the first carried child
+    assert _acks(settings) == []
+
+
+def _waits_for_a_lock(settings: Settings) -> bool:
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND application_name = 'pme-exporter'"
+        ).fetchone()
+    return bool(row and row[0])

@@ -164,3 +164,23 @@ def test_a_dead_letter_knows_its_table_once_decoding_got_that_far() -> None:
     assert (undecodable.table, undecodable.kind) == (None, "decode/invalid_json")
     by_postgres = DeadLetter.refused((0, 3, None, b"{}"), "trades", "23505", "duplicate key")
     assert (by_postgres.table, by_postgres.error) == ("trades", "trades: duplicate key")
+
+
+def test_direct_copy_data_is_the_staging_text_without_seq_and_with_topic_and_life() -> None:
+    acks = [
+        FakeMessage(
+            orjson.dumps({"type": "OrderAck", "ts": "2025-11-28T09:00:00Z", "data": {"order_nid": n}}), p, o
+        )
+        for n, p, o in ((7, 2, 40), (8, 1, 12), (9, 2, 41), (10, 1, 11))
+    ]
+    batch = Batch(decoder=Decoder())
+    batch.add(acks)  # type: ignore[arg-type]
+    rows = batch.tables["order_acks"]
+    staged = bytes(rows.copy_data).decode().splitlines()
+    direct = rows.direct_copy_data("pme-ledger\\x", 3).decode().splitlines()
+    assert len(direct) == len(staged) == 4
+    for seq, (staged_line, direct_line) in enumerate(zip(staged, direct, strict=True)):
+        assert staged_line.startswith(f"{seq}\t")
+        # The seq field goes, the topic (escaped as COPY text) and its life come last.
+        assert direct_line == staged_line.split("\t", 1)[1] + "\tpme-ledger\\\\x\t3"
+    assert rows.lowest_offsets() == {2: 40, 1: 11}
