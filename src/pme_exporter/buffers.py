@@ -13,13 +13,14 @@ import time
 from array import array
 from collections import Counter
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pme_exporter.decode import Decoder, compare_instants, escape
 from pme_exporter.errors import DecodeError, ValueRefused
 from pme_exporter.progress import CarryPolicy
-from pme_exporter.schema import BY_TABLE, TableSpec
+from pme_exporter.schema import BY_TABLE, TABLES, TableSpec
 
 
 class Message(Protocol):
@@ -149,6 +150,18 @@ def dead_letter_for(
 # A staging line's first field, its seq (TableRows.add).
 _SEQ_FIELD = re.compile(rb"^[0-9]+\t", re.MULTILINE)
 
+# Where a parent's key sits in its row text (ts first, then the columns), and where each
+# child's parent columns sit in its own: (child table) -> [(parent table, field)].
+_PARENT_KEY_FIELD: dict[str, int] = {
+    ref.table: BY_TABLE[ref.table].column_names.index(ref.key) + 1 for spec in TABLES for ref in spec.parents
+}
+_CHILD_FIELDS: dict[str, list[tuple[str, int]]] = {
+    spec.table: [(ref.table, spec.column_names.index(ref.column) + 1) for ref in spec.parents]
+    for spec in TABLES
+    if spec.parents
+}
+PARENT_TABLES: frozenset[str] = frozenset(_PARENT_KEY_FIELD)
+
 
 @dataclass
 class TableRows:
@@ -261,6 +274,13 @@ class Batch:
     # The life of the topic its messages come from (progress.enter_topic_life): part of
     # the identity of its append rows, dead letters and parked children.
     life: int = 1
+    # With flush lanes: the keys of the parent rows this batch writes (PARENT_TABLES),
+    # by table, as COPY text; other lanes hold back children of these (hold_children).
+    track_parents: bool = False
+    parent_keys: dict[str, set[str]] = field(default_factory=dict)
+    # Children held back, unstaged, while their parent is in another lane's unwritten
+    # batch: the sink hands them back like orphans (report.carried).
+    held: list[Orphan] = field(default_factory=list)
 
     def add(self, messages: list[Message]) -> None:
         """Decodes and buffers messages; invalid ones become dead letters, never exceptions."""
@@ -272,6 +292,7 @@ class Batch:
         tables = self.tables
         next_offsets = self.next_offsets
         by_type = self.events_by_type
+        track, parent_keys = self.track_parents, self.parent_keys
         for msg in messages:
             partition = msg.partition()
             offset = msg.offset()
@@ -288,6 +309,11 @@ class Batch:
                 by_type[BY_TABLE[exc.table].event_type if isinstance(exc, ValueRefused) else "invalid"] += 1
                 continue
             by_type[spec.event_type] += 1
+            if track and spec.table in PARENT_TABLES:
+                keys = parent_keys.get(spec.table)
+                if keys is None:
+                    keys = parent_keys[spec.table] = set()
+                keys.add(text.split("\t", _PARENT_KEY_FIELD[spec.table] + 1)[_PARENT_KEY_FIELD[spec.table]])
             buf = tables.get(spec.table)
             if buf is None:
                 buf = tables[spec.table] = TableRows(spec)
@@ -318,6 +344,38 @@ class Batch:
             partition = orphan.partition
             self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), ends[partition])
         self.size += len(orphans)
+
+    def hold_children(self, pending: Mapping[str, AbstractSet[str]]) -> int:
+        """Takes out of the batch, unstaged, every child row with a parent key in ``pending``
+        (the parents other lanes have yet to commit) into ``held``; returns how many. So
+        PostgreSQL meets such a child once, after its parent, instead of once as an orphan
+        and again when carried."""
+        if not any(pending.values()):
+            return 0
+        held = 0
+        for table, fields in _CHILD_FIELDS.items():
+            rows = self.tables.get(table)
+            if rows is None:
+                continue
+            checks = [(pending[parent], field) for parent, field in fields if pending.get(parent)]
+            if not checks:
+                continue
+            last = max(field for _, field in checks)
+            kept = TableRows(rows.spec)
+            for seq, (partition, offset, key, value) in enumerate(rows.sources):
+                text = rows.row_text(seq)
+                parts = text.split("\t", last + 1)
+                if any(parts[field] in keys for keys, field in checks):
+                    times = self.times_carried.get((partition, offset), 0)
+                    self.held.append(Orphan(table, partition, offset, key, value, text, times))
+                    held += 1
+                else:
+                    kept.add(partition, offset, key, value, text)
+            if not kept:
+                del self.tables[table]
+            elif len(kept) < len(rows):
+                self.tables[table] = kept
+        return held
 
     def age_s(self) -> float:
         return 0.0 if self.started_at is None else self.clock() - self.started_at

@@ -100,6 +100,7 @@ class ConsumerLoop:
         self._topic_id = topic_id
         self._start_new_life = start_new_life
         self._life = 1
+        self._tracks_parents = len(flushers) > 1  # children wait for parents of other lanes
         self._lanes = Lanes(flushers, self._new_batch, clock())
         self._progress = PartitionProgress()
         self._paused_since: float | None = None
@@ -187,7 +188,9 @@ class ConsumerLoop:
         return min(_POLL_TIMEOUT_S, max(_BUSY_POLL_S, soonest))
 
     def _new_batch(self) -> Batch:
-        return Batch(decoder=self._decoder, clock=self._clock, life=self._life)
+        return Batch(
+            decoder=self._decoder, clock=self._clock, life=self._life, track_parents=self._tracks_parents
+        )
 
     def _add(self, messages: list[Any]) -> None:
         good = messages
@@ -243,7 +246,11 @@ class ConsumerLoop:
 
     def _submit(self, lane: Lane) -> None:
         batch, lane.batch = lane.batch, self._new_batch()
+        if self._tracks_parents and not batch.carry_policy.closing:
+            # A closing batch holds nothing back: no later batch of this lane would take it.
+            batch.hold_children(self._lanes.pending_parents(besides=lane))
         lane.last_flush_at = self._clock()
+        lane.in_flight = batch
         lane.flusher.submit(batch)
         self._metrics.buffered_events.set(self._lanes.buffered())
         if self._paused_since is not None and self._blocked_lane() is None:
@@ -264,6 +271,7 @@ class ConsumerLoop:
             raise FatalError(f"a batch could not be written: {exc}") from exc
         if report is None:
             return
+        lane.in_flight = None
         self._last_progress_at = self._clock()
         progress = self._progress
         # Orphans of partitions given up (or moved to another lane) meanwhile stay

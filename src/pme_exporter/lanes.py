@@ -30,6 +30,7 @@ class Lane:
     partitions: set[int] = field(default_factory=set)
     last_flush_at: float = 0.0
     parked_waiting: int = 0
+    in_flight: Batch | None = None  # submitted to the flusher, its report not taken yet
 
 
 class Lanes:
@@ -65,6 +66,18 @@ class Lanes:
             lane = self._of.pop(p, None)
             if lane is not None:
                 lane.partitions.discard(p)
+
+    def pending_parents(self, besides: Lane) -> dict[str, set[str]]:
+        """The parent keys the other lanes have yet to commit (their batch and the one in flight)."""
+        pending: dict[str, set[str]] = {}
+        for lane in self._all:
+            if lane is besides:
+                continue
+            for batch in (lane.batch, lane.in_flight):
+                if batch is not None:
+                    for table, keys in batch.parent_keys.items():
+                        pending.setdefault(table, set()).update(keys)
+        return pending
 
     def layout(self) -> dict[int, list[int]]:
         return {lane.index: sorted(lane.partitions) for lane in self._all}

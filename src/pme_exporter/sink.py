@@ -6,6 +6,8 @@ Contract of ``Sink.write(batch)``:
 - a row PostgreSQL refuses (any SQLSTATE no retry cures, but for the schema's own
   faults: ``errors.is_row_error``) does not fail the batch: it is isolated by
   bisection and written to ``exporter_dead_letters``;
+- children the batch holds back (``Batch.held``) are handed back in
+  ``report.carried`` unwritten, and their partitions' saved offsets stay at them;
 - a child whose parent is not stored yet is handed back in ``report.carried``
   (the caller puts it in the next batch, see ``Batch.carry``) and the saved
   offset of its partition stays at it; when the batch's ``carry_policy`` says
@@ -82,6 +84,7 @@ class FlushReport:
     end_offsets: dict[int, int] = field(default_factory=dict)  # where the batch ended
     saved_offsets: dict[int, int] = field(default_factory=dict)  # as stored (progress.SAVE_OFFSETS)
     parked_waiting: int = 0
+    held: int = 0  # children held back unstaged for a parent in another lane's unwritten batch
     statements: int = 0  # round trips to PostgreSQL for the tables (COPY, apply, savepoints)
     commit_s: float = 0.0
     total_s: float = 0.0
@@ -96,6 +99,9 @@ class FlushReport:
             newest_event_ms=batch.newest_event_ms,
             dead_letters=list(batch.dead_letters),
             end_offsets=dict(batch.next_offsets),
+            # Held back unstaged (Batch.hold_children): handed back like orphans.
+            carried=list(batch.held),
+            held=len(batch.held),
         )
 
 

@@ -423,7 +423,8 @@ def _run(settings: Settings, stop: threading.Event, metrics: Metrics, probes: Pr
         totals = count_outcomes(report)
         log.debug(
             "Flushed %d events in %.0f ms (copy %.0f, upsert %.0f, commit %.0f): %s, %d dead letters;"
-            " %d append rows straight into their tables, %d fell back",
+            " %d append rows straight into their tables, %d fell back; %d children held for a parent"
+            " in another lane",
             report.events,
             report.total_s * 1000,
             sum(o.copy_s for o in report.tables.values()) * 1000,
@@ -433,6 +434,7 @@ def _run(settings: Settings, stop: threading.Event, metrics: Metrics, probes: Pr
             len(report.dead_letters),
             sum(o.direct for o in report.tables.values()),
             sum(o.fell_back for o in report.tables.values()),
+            report.held,
             extra={"events": report.events, "duration_ms": round(report.total_s * 1000, 1), "rows": totals},
         )
         summary.add(report, totals)

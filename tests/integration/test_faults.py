@@ -89,6 +89,8 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     assert sum(int(n) for n in re.findall(r"(\d+) carried", logs)) > 0
     # ... and wrote append rows the short way, straight into their tables.
     assert sum(int(n) for n in re.findall(r"(\d+) append rows straight into their tables", logs)) > 0
+    # ... and held children back while their parent sat in the other lane's unwritten batch.
+    assert sum(int(n) for n in re.findall(r"(\d+) children held for a parent", logs)) > 0
     final = ExporterProcess(s, tmp_path / "exporter-final.log")
     wait_exported(s.conninfo(), topic, ends_of(located), timeout_s=180)
     final.wait_started()

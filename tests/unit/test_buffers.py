@@ -184,3 +184,47 @@ def test_direct_copy_data_is_the_staging_text_without_seq_and_with_topic_and_lif
         # The seq field goes, the topic (escaped as COPY text) and its life come last.
         assert direct_line == staged_line.split("\t", 1)[1] + "\tpme-ledger\\\\x\t3"
     assert rows.lowest_offsets() == {2: 40, 1: 11}
+
+
+def _event(event_type: str, data: dict[str, Any], partition: int, offset: int) -> FakeMessage:
+    return FakeMessage(
+        orjson.dumps({"type": event_type, "ts": "2025-11-28T09:00:00Z", "data": data}), partition, offset
+    )
+
+
+def test_children_of_parents_other_lanes_have_not_written_are_held_back_unstaged() -> None:
+    parents = Batch(decoder=Decoder(), track_parents=True)
+    parents.add(
+        [
+            _event("Trade", {"nid": 3}, 0, 0),
+            _event("Order", {"nid": 5}, 0, 1),
+            _event("Order", {"nid": 6}, 0, 2),
+        ]  # type: ignore[list-item]
+    )
+    assert parents.parent_keys == {"trades": {"3"}, "orders": {"5", "6"}}
+    children = Batch(decoder=Decoder(), track_parents=True)
+    children.times_carried[(1, 11)] = 2
+    children.add(
+        [  # type: ignore[list-item]
+            _event("Contract", {"nid": 1, "trade_nid": 3, "order_nid": 9}, 1, 10),  # its trade pends
+            _event("Contract", {"nid": 2, "trade_nid": 4, "order_nid": 6}, 1, 11),  # its order pends
+            _event("Contract", {"nid": 3, "trade_nid": 4, "order_nid": 9}, 1, 12),
+            _event("OrderAck", {"order_nid": 5}, 1, 13),
+            _event("OrderAck", {"order_nid": 7}, 1, 14),
+            _event("Holiday", {"nid": 1}, 1, 15),
+        ]
+    )
+    staged_text = {seq: children.tables["contracts"].row_text(seq) for seq in range(3)}
+    assert children.hold_children(parents.parent_keys) == 3
+    assert [(o.table, o.offset, o.times_carried) for o in children.held] == [
+        ("contracts", 10, 0),
+        ("contracts", 11, 2),  # holding is no carry: the count stays
+        ("order_acks", 13, 0),
+    ]
+    assert children.held[0].text == staged_text[0] and children.held[1].text == staged_text[1]
+    kept = children.tables["contracts"]
+    assert [s[1] for s in kept.sources] == [12] and kept.row_text(0) == staged_text[2]
+    assert bytes(kept.copy_data).startswith(b"0\t1\t12\t")  # renumbered from 0
+    assert [s[1] for s in children.tables["order_acks"].sources] == [14]
+    assert len(children.tables["holidays"]) == 1
+    assert children.hold_children({}) == 0 and children.hold_children({"trades": set()}) == 0

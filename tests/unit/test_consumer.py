@@ -245,6 +245,33 @@ def test_lanes_own_their_partitions_and_flush_them_apart(harness: Any) -> None:
     wait_for(lambda: {p: o for c in consumer.commits for p, o in c.items()} == {0: 3, 1: 3, 2: 3, 3: 3})
 
 
+def test_a_child_waits_in_python_while_its_parent_is_in_another_lane_s_unwritten_batch(
+    harness: Any,
+) -> None:
+    consumer, sink, clock, _stop, loop = harness(
+        max_batch=1000, interval_ms=500, bound=2000, lanes=2, partitions=(0, 1)
+    )
+    wait_for(lambda: len(consumer.assigned) == 2)
+    assert [sorted(lane.partitions) for lane in loop.lanes] == [[0], [1]]
+    with consumer.lock:  # the order on lane 0's partition, its ack on lane 1's
+        consumer.queue.extend([FakeMessage(order(99), 0, 0), FakeMessage(ack(99), 1, 0)])
+    wait_for(lambda: not consumer.queue)
+    clock.now += 0.6  # both due: lane 0 is handed its batch first, so the order is in flight
+
+    def ack_written() -> bool:
+        clock.now += 0.6
+        time.sleep(0.02)
+        return len(sink.tables()["order_acks"]) == 1
+
+    wait_for(ack_written)
+    lane_1 = [b for b in sink.batches if 1 in b.next_offsets]
+    assert [(o.table, o.offset) for o in lane_1[0].held] == [("order_acks", 0)]
+    assert "order_acks" not in lane_1[0].tables  # never staged while its parent was unwritten
+    staged = [b for b in lane_1 if "order_acks" in b.tables]
+    assert len(staged) == 1 and staged[0].times_carried == {(1, 0): 0}  # met once, as no orphan
+    wait_for(lambda: {p: o for c in consumer.commits for p, o in c.items()} == {0: 1, 1: 1})
+
+
 def test_prefetch_defaults_yield_to_the_operator_but_guarantees_do_not() -> None:
     settings = Settings.from_env(
         {
