@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -23,6 +24,7 @@ import pytest
 from pme_exporter import cli
 from pme_exporter.devtools.databases import create_database, drop_database
 from pme_exporter.devtools.generator import create_topic, ends_of, publish, trading_day
+from pme_exporter.migrate import migrate
 from pme_exporter.ops import reports
 from pme_exporter.settings import Settings
 from tests.helpers import ExporterThread, wait_exported
@@ -400,3 +402,28 @@ def test_every_business_dashboard_panel_returns_rows_for_an_exported_day_as_the_
                 assert rows and any(v is not None for v in rows[0]), panel["title"]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT count(*) FROM orders")
+
+
+def test_migrating_while_reports_are_refreshed_changes_no_grant_and_fails_nothing(day_copy: Settings) -> None:
+    """A worker's start-up (PME_MIGRATE=auto applies grants.sql) while the reports are being
+    refreshed: grants already held are not granted again, so no catalog row is rewritten
+    under the refresh ("tuple concurrently updated")."""
+    stop = threading.Event()
+    refreshed = 0
+
+    def refresh_again_and_again() -> None:
+        nonlocal refreshed
+        with psycopg.connect(day_copy.conninfo(), autocommit=True) as conn:
+            while not stop.is_set():
+                reports.refresh(conn)
+                refreshed += 1
+
+    refresher = threading.Thread(target=refresh_again_and_again)
+    refresher.start()
+    try:
+        for _ in range(20):
+            migrate(day_copy.conninfo())
+    finally:
+        stop.set()
+        refresher.join(60)
+    assert refreshed > 0
