@@ -179,9 +179,9 @@ def slot_has_changes(settings: Settings) -> bool:
 
 
 def _rows_as_text(conn: psycopg.Connection[Any], table: str) -> list[dict[str, str | None]]:
-    """Each row as pgoutput sends it: every column in PostgreSQL's text output."""
-    with conn.cursor(binary=False) as cur:
-        cur.execute(f"SELECT * FROM {table}")
+    """Each row as pgoutput sends it: every column in its type's text output (COPY's)."""
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT * FROM {table} LIMIT 0")
         columns = [d.name for d in cur.description or []]
-        cur.execute(f"SELECT {', '.join(f'{c}::text' for c in columns)} FROM {table}")
-        return [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
+        with cur.copy(f"COPY {table} TO STDOUT") as copy:
+            return [dict(zip(columns, row, strict=True)) for row in copy.rows()]
