@@ -287,7 +287,7 @@ class FlushSummary:
         self._clock = clock
         self._lock = threading.Lock()
         self._since = clock()
-        self._flushes = self._events = self._dead_letters = 0
+        self._flushes = self._events = self._dead_letters = self._held = 0
         self._slowest_s = 0.0
         self._rows: Counter[str] = Counter()
 
@@ -296,6 +296,7 @@ class FlushSummary:
             self._flushes += 1
             self._events += report.events
             self._dead_letters += len(report.dead_letters)
+            self._held += report.held
             self._slowest_s = max(self._slowest_s, report.total_s)
             self._rows.update(rows)
         if self._clock() - self._since >= self._interval_s:
@@ -305,16 +306,18 @@ class FlushSummary:
         """Logs what was flushed since the last line (nothing when nothing was), and starts over."""
         with self._lock:
             now = self._clock()
-            flushes, events, dead, slowest, rows = (
-                self._flushes, self._events, self._dead_letters, self._slowest_s, +self._rows
+            flushes, events, dead, slowest, rows, held = (
+                self._flushes, self._events, self._dead_letters, self._slowest_s, +self._rows, self._held
             )  # fmt: skip
             seconds = now - self._since
             self._since, self._flushes, self._events, self._dead_letters, self._slowest_s = now, 0, 0, 0, 0.0
+            self._held = 0
             self._rows = Counter()
         if not flushes:
             return
         log.info(
-            "%s %.0f s: %d events in %d flushes (slowest %.0f ms): %s; %d dead letters",
+            "%s %.0f s: %d events in %d flushes (slowest %.0f ms): %s; %d dead letters;"
+            " %d children held for a parent in another lane",
             "Flushed in the last" if not final else "Flushed in the final",
             seconds,
             events,
@@ -322,11 +325,13 @@ class FlushSummary:
             slowest * 1000,
             ", ".join(f"{n} {outcome}" for outcome, n in rows.items()) or "no rows",
             dead,
+            held,
             extra={
                 "events": events,
                 "flushes": flushes,
                 "rows": dict(rows),
                 "dead_letters": dead,
+                "held": held,
                 "slowest_flush_ms": round(slowest * 1000, 1),
                 "seconds": round(seconds, 1),
             },

@@ -232,7 +232,8 @@ def test_two_lanes_with_children_on_one_lane_and_their_parents_on_the_other(
         assert worker.terminate() == 0, worker.log_tail()
     log = worker.log_tail(2_000)
     assert "lanes {0: [0], 1: [1]}" in log
-    assert sum(int(n) for n in re.findall(r"(\d+) carried", log)) > 0  # children did wait for the other lane
+    # Children did wait for the other lane: held back in Python while their parents were unwritten.
+    assert sum(int(n) for n in re.findall(r"(\d+) children held for a parent", log)) > 0
     expected = apply_events(valid_only(located))
     with psycopg.connect(s.conninfo()) as conn:
         actual = snapshot(conn)
