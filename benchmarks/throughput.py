@@ -23,6 +23,7 @@ Nothing here asserts a speed; the test suite runs --quick so the harness keeps w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -489,12 +490,15 @@ def design_pattern(
 # -- latency -------------------------------------------------------------------------
 
 
-def produce_steadily(producer: Producer, topic: str, rate: int, seconds: float) -> None:
-    """A trading day at ``rate`` events/s, each stamped with the time it is produced."""
+def produce_steadily(producer: Producer, topic: str, rate: int, seconds: float) -> list[float]:
+    """A trading day at ``rate`` events/s, each stamped with the time it is produced; returns
+    how long after each stamp the broker acknowledged it (ms): the producer's share of
+    Kafka's delivery latency."""
     source: Iterator[tuple[bytes | None, bytes | None]] = trading_day(
         10**9, seed=5, clock=lambda: datetime.now(UTC)
     )
     total = int(rate * seconds)
+    acked: list[float] = []
     started = time.monotonic()
     for i, (key, value) in enumerate(source):
         if i >= total:
@@ -502,9 +506,37 @@ def produce_steadily(producer: Producer, topic: str, rate: int, seconds: float) 
         wait = started + i / rate - time.monotonic()
         if wait > 0:
             time.sleep(wait)
-        producer.produce(topic, key=key, value=value)
+        producer.produce(topic, key=key, value=value, on_delivery=_acknowledged(acked, time.time()))
         producer.poll(0)
     producer.flush(30)
+    return acked
+
+
+def _acknowledged(acked: list[float], sent: float) -> Callable[[Any, Any], None]:
+    def callback(err: Any, _msg: Any) -> None:
+        if err is None:
+            acked.append((time.time() - sent) * 1000)
+
+    return callback
+
+
+def quiesce(settings: Settings, bound_s: float = 120.0) -> float:
+    """Waits (bounded) until no autovacuum runs, then checkpoints and syncs, so the latency runs
+    do not share the machine with the backlog phases' aftermath; returns the seconds waited."""
+    started = time.monotonic()
+    with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+        while time.monotonic() - started < bound_s:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+            ).fetchone()
+            if not (row and row[0]):
+                break
+            time.sleep(0.5)
+        # PostgreSQL 15: superusers and pg_checkpoint only (deploy/local/up grants it).
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CHECKPOINT")
+    os.sync()
+    return time.monotonic() - started
 
 
 class KafkaReceiver:
@@ -590,7 +622,10 @@ def latency(
             producer.flush(5)
             time.sleep(0.2)
         receiver.wait_ready(30)
-        produce_steadily(producer, topic, rate, seconds)
+        servers = CpuMeter()
+        servers.start()
+        acked = sorted(produce_steadily(producer, topic, rate, seconds))
+        busy = servers.stop(clients_gone=False)
         progress.close()
         time.sleep(1.0 + s.flush_interval_ms / 1000)
         flushes = flush_durations(s.metrics_port)
@@ -615,6 +650,12 @@ def latency(
         "rows": int(row[3]),
         **flushes,
         **kafka,
+        # The broker's acknowledgement of each event, from its stamp: the producer's share.
+        "produce_ack_p50_ms": acked[len(acked) // 2] if acked else 0.0,
+        "produce_ack_p99_ms": acked[min(len(acked) - 1, int(len(acked) * 0.99))] if acked else 0.0,
+        # What the servers did meanwhile, as a share of one core.
+        "postgres_cpu_share": busy["postgres"] / seconds,
+        "kafka_cpu_share": busy["kafka"] / seconds,
         # A bound for a slower machine: the linger plus twice the median flush.
         "p99_bound_ms": s.flush_linger_ms + 2 * flushes["flush_p50_ms"],
     }
@@ -899,6 +940,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     figures.put("end_to_end_events_per_s_double_backlog", doubled["events_per_s"], "events/s")
 
+    figures.put("latency_quiesce_s", quiesce(base), "s")
     for rate in rates:
         result = latency(base, rate, args.latency_seconds, args.partitions)
         figures.put(f"latency_p50_ms@{rate}", result["p50_ms"], "ms")
@@ -913,6 +955,10 @@ def main(argv: list[str] | None = None) -> int:
         figures.put(f"latency_p99_over_kafka_ms@{rate}", result["p99_ms"] - result["kafka_p99_ms"], "ms")
         figures.put(f"added_latency_p50_ms@{rate}", result["p50_ms"] - result["kafka_p50_ms"], "ms")
         figures.put(f"added_latency_p99_ms@{rate}", result["p99_ms"] - result["kafka_p99_ms"], "ms")
+        figures.put(f"latency_produce_ack_p50_ms@{rate}", result["produce_ack_p50_ms"], "ms")
+        figures.put(f"latency_produce_ack_p99_ms@{rate}", result["produce_ack_p99_ms"], "ms")
+        figures.put(f"latency_postgres_cpu_share@{rate}", result["postgres_cpu_share"], "cores")
+        figures.put(f"latency_kafka_cpu_share@{rate}", result["kafka_cpu_share"], "cores")
     figures.values["latency_p99_ms"] = {str(r): figures.values[f"latency_p99_ms@{r}"] for r in rates}
     figures.units["latency_p99_ms"] = "ms by events/s"
 

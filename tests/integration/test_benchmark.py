@@ -26,6 +26,7 @@ REQUIRED = (
     "added_latency_p99_ms@500",
     "ratio_to_copy_limit",
     "pg_ceiling_spread",
+    "latency_quiesce_s",
 )
 
 
@@ -75,6 +76,14 @@ def test_quick_run_reports_every_figure(stack: Stack, tmp_path: Path) -> None:
             results[f"latency_p99_ms@{rate}"] - results[f"latency_kafka_p99_ms@{rate}"]
         )
         assert results[f"added_latency_p99_ms@{rate}"] == results[f"latency_p99_over_kafka_ms@{rate}"]
+        # The producer's share of Kafka's delivery, and what the servers did meanwhile.
+        assert (
+            0 < results[f"latency_produce_ack_p50_ms@{rate}"] <= results[f"latency_produce_ack_p99_ms@{rate}"]
+        )
+        assert (
+            results[f"latency_postgres_cpu_share@{rate}"] >= 0
+            and results[f"latency_kafka_cpu_share@{rate}"] >= 0
+        )
         assert (
             results[f"latency_p99_bound_ms@{rate}"]
             == Settings().flush_linger_ms + 2 * results[f"latency_flush_p50_ms@{rate}"]
