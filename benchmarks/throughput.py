@@ -940,7 +940,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     figures.put("end_to_end_events_per_s_double_backlog", doubled["events_per_s"], "events/s")
 
-    figures.put("latency_quiesce_s", quiesce(base), "s")
+    figures.put("latency_quiesce_s", quiesce(base, bound_s=10 if args.quick else 120), "s")
     for rate in rates:
         result = latency(base, rate, args.latency_seconds, args.partitions)
         figures.put(f"latency_p50_ms@{rate}", result["p50_ms"], "ms")

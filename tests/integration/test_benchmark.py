@@ -171,3 +171,51 @@ def test_outcomes_harness_counts_every_event_once_or_as_carried(stack: Stack, tm
         [sys.executable, script, "--lanes", "0"], capture_output=True, text=True, timeout=60, env=env
     )
     assert bad.returncode == 2 and "must be positive" in bad.stderr
+
+
+SCALE_REQUIRED = (
+    "preloaded_to_empty_ratio",
+    "refreshing_to_plain_throughput",
+    "soak_last_to_first_throughput",
+    "soak_rss_growth",
+    "soak_peak_rss_mb",
+    "max_dead_tuple_share",
+    "soak_wal_bytes_per_event",
+)
+
+
+def test_scale_quick_run_reports_every_figure(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "scale.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **stack.env},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    for key in SCALE_REQUIRED:
+        assert isinstance(results[key], float) and results[key] >= 0, key
+    assert results["preload_rows"] >= 200_000  # --quick's preload
+    reports = results["reports"]
+    assert reports["refresh_all_ms"] > 0 and reports["refresh_rows"] > 0
+    assert all("plain_ms" in entry for name, entry in reports.items() if isinstance(entry, dict))
+    assert reports["order_book"]["materialized_ms"] > 0
+    samples = results["soak"]["samples"]
+    assert samples and samples[-1]["events"] >= 40_000
+    assert {"live", "dead", "autovacuums", "table_bytes", "index_bytes"} <= set(
+        samples[-1]["tables"]["orders"]
+    )
+
+
+def test_scale_bad_arguments_are_refused(stack: Stack) -> None:
+    for args in (["--preload-rows", "0"], ["--latency-seconds", "-1"], ["--soak-events", "many"]):
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "benchmarks" / "scale.py"), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **stack.env},
+        )
+        assert proc.returncode == 2 and "error:" in proc.stderr, (args, proc.stderr)
