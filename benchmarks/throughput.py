@@ -490,6 +490,13 @@ def design_pattern(
 # -- latency -------------------------------------------------------------------------
 
 
+# The latency runs' producer waits as long as librdkafka's own default before sending a
+# request. At 1 ms it sent nearly a request per event at 5,000 events/s, and the broker,
+# busy with them (0.93 of a core), acknowledged events over a second late: Kafka's
+# "delivery" measured the harness's producer, not Kafka (docs/performance.md).
+PRODUCER_LINGER_MS = 5.0
+
+
 def produce_steadily(producer: Producer, topic: str, rate: int, seconds: float) -> list[float]:
     """A trading day at ``rate`` events/s, each stamped with the time it is produced; returns
     how long after each stamp the broker acknowledged it (ms): the producer's share of
@@ -597,7 +604,12 @@ def receive_latencies(bootstrap: str, topic: str, ready: Any, stop: Any, results
 
 
 def latency(
-    settings: Settings, rate: int, seconds: float, partitions: int, into: Settings | None = None
+    settings: Settings,
+    rate: int,
+    seconds: float,
+    partitions: int,
+    into: Settings | None = None,
+    linger_ms: float = PRODUCER_LINGER_MS,
 ) -> dict[str, float]:
     """Events stamped with their produce time at a steady rate; latency = exported_at - event
     time, where exported_at is when the transaction that stored the event began (its flush's
@@ -613,7 +625,7 @@ def latency(
     proc = subprocess.Popen([sys.executable, "-m", "pme_exporter", "run"], env=exporter_env(s))
     receiver = KafkaReceiver(settings.kafka_url, topic)
     try:
-        producer = Producer({"bootstrap.servers": settings.kafka_url, "linger.ms": 1})
+        producer = Producer({"bootstrap.servers": settings.kafka_url, "linger.ms": linger_ms})
         # Let the worker join its group before the clock starts.
         deadline = time.monotonic() + 30
         progress = Progress(s.conninfo(), topic)
