@@ -6,7 +6,8 @@ flush time split into COPY, upserts and commit.
 
 It explains the harness's figures rather than adding to them: for instance, a contract
 keyed apart from its trade lands in another partition, often in another lane, and is
-carried to a later batch (COPYed again) when its trade is not yet committed.
+held back in Python while its trade is in that lane's unwritten batch (counted as held),
+or carried to a later batch (COPYed again) when its trade is nowhere yet.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def export_and_count(events_total: int, lanes: int, partitions: int, timeout_s: 
 def counted(metrics_text: str) -> dict[str, Any]:
     rows: dict[str, dict[str, float]] = {}
     flush_s: dict[str, float] = {}
-    batches = batch_events = 0.0
+    batches = batch_events = held = 0.0
+    short_path: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(metrics_text):
         for sample in family.samples:
             if sample.name == "pme_exporter_rows_written_total" and sample.value:
@@ -77,7 +79,18 @@ def counted(metrics_text: str) -> dict[str, Any]:
                 batches = sample.value
             elif sample.name == "pme_exporter_batch_size_events_sum":
                 batch_events = sample.value
-    return {"rows": rows, "flush_seconds": flush_s, "batches": batches, "batched_events": batch_events}
+            elif sample.name == "pme_exporter_children_held_total":
+                held = sample.value
+            elif sample.name == "pme_exporter_append_short_path_rows_total":
+                short_path.setdefault(sample.labels["table"], {})[sample.labels["result"]] = sample.value
+    return {
+        "rows": rows,
+        "flush_seconds": flush_s,
+        "batches": batches,
+        "batched_events": batch_events,
+        "children_held": held,
+        "append_short_path": short_path,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     for table, outcomes in sorted(result["rows"].items()):
         print(f"  {table:15s} " + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(outcomes.items())))
+    print(f"children held in Python for another lane's parents: {result['children_held']:,.0f}")
+    for table, ways in sorted(result["append_short_path"].items()):
+        print(
+            f"  {table:15s} straight into the table "
+            + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(ways.items()))
+        )
     print("flush seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(result["flush_seconds"].items())))
     if args.json_path:
         with open(args.json_path, "w") as out:

@@ -102,6 +102,18 @@ class Metrics:
             "Database connections the worker cut off after they stopped answering",
             registry=r,
         )
+        self.children_held = Counter(
+            "pme_exporter_children_held",
+            "Children held back in Python while their parent was in another lane's unwritten batch",
+            registry=r,
+        )
+        self.append_short_path_rows = Counter(
+            "pme_exporter_append_short_path_rows",
+            "Append rows past every stored row of their partition: COPYed straight into their table"
+            " (direct), or sent the staging way after a clash or a missing parent (fell_back)",
+            ["table", "result"],
+            registry=r,
+        )
         self.report_refresh_seconds = Gauge(
             "pme_exporter_report_refresh_seconds",
             "How long the last refresh of the materialized reports took (PME_REPORT_REFRESH_S)",
@@ -160,6 +172,10 @@ class Metrics:
                 n = getattr(o, outcome)
                 if n:
                     self.rows_written.labels(table, outcome).inc(n)
+            if o.direct:
+                self.append_short_path_rows.labels(table, "direct").inc(o.direct)
+            if o.fell_back:
+                self.append_short_path_rows.labels(table, "fell_back").inc(o.fell_back)
             self.table_flush_seconds.labels(table, "copy").observe(o.copy_s)
             self.table_flush_seconds.labels(table, "upsert").observe(o.apply_s)
             copy_s += o.copy_s
@@ -169,6 +185,7 @@ class Metrics:
         self.flush_seconds.labels("commit").observe(report.commit_s)
         self.flush_seconds.labels("total").observe(report.total_s)
         self.batch_events.observe(report.events)
+        self.children_held.inc(report.held)
         self.parked_children.set(report.parked_waiting)
         self.last_flush.set(now_s)
 

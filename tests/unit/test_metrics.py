@@ -11,6 +11,7 @@ import pytest
 
 from pme_exporter import __version__
 from pme_exporter.metrics import HealthServer, Metrics
+from pme_exporter.sink import FlushReport, TableOutcome
 
 
 @pytest.fixture
@@ -65,3 +66,25 @@ def test_probes_and_head(server: tuple[HealthServer, list[tuple[bool, str]]]) ->
     status, _, body = get(health.port, "/metrics", method="HEAD")
     assert status == 200 and body == b""
     assert get(health.port, "/nope")[0] == 404
+
+
+def test_a_flush_counts_its_held_children_and_the_ways_its_append_rows_went() -> None:
+    metrics = Metrics()
+    report = FlushReport(events=10, held=3)
+    report.tables["order_acks"] = TableOutcome(inserted=5, direct=5)
+    report.tables["order_naks"] = TableOutcome(inserted=2, fell_back=2)
+    metrics.record_flush(report, 0.0)
+    metrics.record_flush(FlushReport(events=1, held=1), 1.0)
+    sample = metrics.registry.get_sample_value
+    assert sample("pme_exporter_children_held_total") == 4
+    assert (
+        sample("pme_exporter_append_short_path_rows_total", {"table": "order_acks", "result": "direct"}) == 5
+    )
+    assert (
+        sample("pme_exporter_append_short_path_rows_total", {"table": "order_naks", "result": "fell_back"})
+        == 2
+    )
+    assert (
+        sample("pme_exporter_append_short_path_rows_total", {"table": "order_acks", "result": "fell_back"})
+        is None
+    )
