@@ -199,13 +199,13 @@ def test_children_of_parents_other_lanes_have_not_written_are_held_back_unstaged
             _event("Trade", {"nid": 3}, 0, 0),
             _event("Order", {"nid": 5}, 0, 1),
             _event("Order", {"nid": 6}, 0, 2),
-        ]  # type: ignore[list-item]
+        ]
     )
     assert parents.parent_keys == {"trades": {"3"}, "orders": {"5", "6"}}
     children = Batch(decoder=Decoder(), track_parents=True)
     children.times_carried[(1, 11)] = 2
     children.add(
-        [  # type: ignore[list-item]
+        [
             _event("Contract", {"nid": 1, "trade_nid": 3, "order_nid": 9}, 1, 10),  # its trade pends
             _event("Contract", {"nid": 2, "trade_nid": 4, "order_nid": 6}, 1, 11),  # its order pends
             _event("Contract", {"nid": 3, "trade_nid": 4, "order_nid": 9}, 1, 12),
