@@ -145,7 +145,7 @@ def test_consumer_side_harness_reports_three_costs_per_event() -> None:
     assert bad.returncode == 2 and "must be positive" in bad.stderr
 
 
-def test_outcomes_harness_counts_every_event_once_or_as_carried(stack: Stack, tmp_path: Path) -> None:
+def test_outcomes_harness_counts_every_event_once_or_as_carried_or_held(stack: Stack, tmp_path: Path) -> None:
     out = tmp_path / "outcomes.json"
     script = str(REPO / "benchmarks" / "outcomes.py")
     env = {**os.environ, **stack.env}
@@ -165,7 +165,8 @@ def test_outcomes_harness_counts_every_event_once_or_as_carried(stack: Stack, tm
     # takes it, and a parked one again when it is adopted.
     outcomes_total = sum(sum(outcomes.values()) for outcomes in rows.values())
     assert 3000 + carried <= outcomes_total <= 3000 + carried + parked
-    assert result["batched_events"] == 3000 + carried
+    # A child held back for another lane's parent enters a later batch too, unstaged before.
+    assert result["batched_events"] == 3000 + carried + result["children_held"]
     assert set(result["flush_seconds"]) >= {"copy", "upsert", "commit", "total"}
     bad = subprocess.run(
         [sys.executable, script, "--lanes", "0"], capture_output=True, text=True, timeout=60, env=env

@@ -63,7 +63,8 @@ def test_reports_through_the_replica_equal_the_primary_after_catch_up(
         written = primary.execute("SELECT pg_current_wal_lsn()").fetchone()
         assert written is not None
     deadline = time.monotonic() + 60
-    with psycopg.connect(replica, autocommit=True) as conn:
+    # The test's database may not be on the replica yet: wait on one that is.
+    with psycopg.connect(_on_database(replica_url, "postgres"), autocommit=True) as conn:
         in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()
         assert in_recovery == (True,)  # really the standby
         while time.monotonic() < deadline:
