@@ -79,6 +79,13 @@ replica_running() {
   [ -f "$PG_REPLICA_DATA/postmaster.pid" ] && as_pg_owner "$bin/pg_ctl" status -D "$PG_REPLICA_DATA" >/dev/null 2>&1
 }
 
+# The replica's slot on the primary, if any (deploy/local/up --replica).
+drop_replica_slot() {
+  pg_running || return 0
+  as_pg_owner "$(pg_bin_dir)/psql" -h "$PG_SOCKET" -p "$PG_PORT" -U postgres -d postgres -qAtX -c \
+    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'pme_replica'" >/dev/null 2>&1 || true
+}
+
 port_in_use() {
   python3 - "$1" <<'PY'
 import socket, sys
