@@ -795,6 +795,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rates", default="5000,20000", help="steady rates for the latency runs (events/s)")
     parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--producer-linger-ms",
+        type=float,
+        default=PRODUCER_LINGER_MS,
+        help="linger.ms of the latency runs' producer (default: librdkafka's own, 5)",
+    )
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--plot", dest="plot_path")
     parser.add_argument(
@@ -812,6 +818,8 @@ def main(argv: list[str] | None = None) -> int:
         worker_counts = [int(n) for n in args.worker_sweep.split(",") if n]
     except ValueError:
         parser.error("--lanes and --worker-sweep are whole numbers separated by commas")
+    if not 0 <= args.producer_linger_ms <= 1000:
+        parser.error("--producer-linger-ms must be from 0 to 1000")
     if min(lane_counts + worker_counts + [args.baseline_events]) < 1:
         parser.error("--lanes, --worker-sweep and --baseline-events must be positive")
     if args.quick:
@@ -954,7 +962,7 @@ def main(argv: list[str] | None = None) -> int:
 
     figures.put("latency_quiesce_s", quiesce(base, bound_s=10 if args.quick else 120), "s")
     for rate in rates:
-        result = latency(base, rate, args.latency_seconds, args.partitions)
+        result = latency(base, rate, args.latency_seconds, args.partitions, linger_ms=args.producer_linger_ms)
         figures.put(f"latency_p50_ms@{rate}", result["p50_ms"], "ms")
         figures.put(f"latency_p99_ms@{rate}", result["p99_ms"], "ms")
         figures.put(f"latency_max_ms@{rate}", result["max_ms"], "ms")
@@ -988,6 +996,7 @@ def main(argv: list[str] | None = None) -> int:
             "flush_linger_ms": settings.flush_linger_ms,
             "baseline_events": args.baseline_events,
             "latency_seconds": args.latency_seconds,
+            "producer_linger_ms": args.producer_linger_ms,
             "quick": args.quick,
         },
         "machine": machine(settings),

@@ -94,7 +94,12 @@ def test_quick_run_reports_every_figure(stack: Stack, tmp_path: Path) -> None:
 
 
 def test_bad_arguments_are_refused(stack: Stack) -> None:
-    for args in (["--events", "0"], ["--rates", "fast"], ["--partitions", "x"]):
+    for args in (
+        ["--events", "0"],
+        ["--rates", "fast"],
+        ["--partitions", "x"],
+        ["--producer-linger-ms", "-1"],
+    ):
         proc = subprocess.run(
             [sys.executable, str(REPO / "benchmarks" / "throughput.py"), *args],
             capture_output=True,
