@@ -2,9 +2,9 @@
 
     python benchmarks/scale.py [--preload-rows 20000000] [--events 500000]
                                [--soak-events 20000000] [--rate 5000] [--latency-seconds 15]
-                               [--json FILE] [--plot FILE.png] [--quick]
+                               [--analyst-seconds 120] [--json FILE] [--plot FILE.png] [--quick]
 
-Brings up the local stack when KAFKA_URL/DB_HOST are not given. Four phases:
+Brings up the local stack when KAFKA_URL/DB_HOST are not given. Five phases:
 - preload: a year-like history COPYed straight into the ledger tables of a freshly
   migrated database: one seed day exported by the worker's own sink, then copied
   day after day (each copy a day earlier, its numbers and references shifted)
@@ -16,6 +16,9 @@ Brings up the local stack when KAFKA_URL/DB_HOST are not given. Four phases:
   ``preloaded_to_empty_ratio`` divides the first by the second; and once more into a
   copy of the preloaded one while every materialized report is refreshed again and
   again (``refreshing_to_plain_throughput``: the refresh's cost to the worker);
+- analyst: the same events into copies of the preloaded database while an analyst's
+  query (a join of contracts and orders, up to ``--analyst-seconds``) runs on the
+  primary, then on a streaming replica (``deploy/local/up --replica``, stopped after);
 - soak: one worker through ``--soak-events`` (produced first) into an empty
   database: per million events exported, throughput, peak RSS, table and index
   sizes, dead tuples, autovacuum runs and WAL bytes; latency at ``--rate`` into the
@@ -37,13 +40,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from confluent_kafka import Producer
 
 from pme_exporter.buffers import Batch, InMemoryMessage
 from pme_exporter.decode import Decoder
+from pme_exporter.devtools.databases import drop_database
 from pme_exporter.devtools.generator import create_topic, trading_day
+from pme_exporter.devtools.stack import DOWN, parse_exports, run_up
 from pme_exporter.ops import reports
 from pme_exporter.schema import FLUSH_ORDER
 from pme_exporter.settings import Settings
@@ -405,6 +411,7 @@ def on_top(base: Settings, preloaded: Settings, count: int, partitions: int, wor
         if label == "preloaded_refreshing":  # the same run while every report is refreshed, again and again
             with RefreshingMeanwhile(settings) as refreshing:
                 run = end_to_end(settings, topic, count, 1, timeout_s=900)
+            drop_database(base.conninfo(), settings.db_name)  # a copy of 20M rows: space back
             figures[label] = {
                 "events_per_s": run["events_per_s"],
                 "refreshes": refreshing.count,
@@ -422,6 +429,7 @@ def on_top(base: Settings, preloaded: Settings, count: int, partitions: int, wor
             else clone_database(preloaded, "pme_scale_ceiling")
         )
         ceiling, _cpu = pg_ceiling(ceiling_db, batch, located, settings.max_batch_events, workdir)
+        drop_database(base.conninfo(), ceiling_db.db_name)
         run = end_to_end(settings, topic, count, 1, timeout_s=900)
         figures[label] = {
             "events_per_s": run["events_per_s"],
@@ -436,6 +444,89 @@ def on_top(base: Settings, preloaded: Settings, count: int, partitions: int, wor
             f" ({figures[label]['ratio_to_pg_ceiling']:.2f}x)",
             flush=True,
         )
+    return figures
+
+
+# An analyst's query over a year of ledger: every contract with its order, by account and
+# instrument (a hash join of the two largest tables).
+ANALYST_QUERY = """
+SELECT o.account_code, c.instrument_code, count(*), sum(c.quantity), avg(c.fee_val_daily)
+FROM contracts c JOIN orders o ON o.nid = c.order_nid
+GROUP BY 1, 2 ORDER BY 4 DESC"""
+
+
+class AnalystMeanwhile:
+    """Runs ANALYST_QUERY again and again on ``conninfo`` (each bounded by what is left of
+    ``seconds``) while the block runs; cancelled when it ends."""
+
+    def __init__(self, conninfo: str, seconds: float) -> None:
+        self._conninfo = conninfo
+        self._seconds = seconds
+        self._stop = threading.Event()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.completed = 0
+        self.failures: list[str] = []
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self._seconds
+        with psycopg.connect(self._conninfo, autocommit=True) as conn:
+            self._conn = conn
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                left_ms = int((deadline - time.monotonic()) * 1000)
+                try:
+                    conn.execute(f"SET statement_timeout = {max(left_ms, 1)}")
+                    conn.execute(ANALYST_QUERY).fetchall()
+                    self.completed += 1
+                except psycopg.Error as exc:
+                    if not self._stop.is_set() and exc.sqlstate != "57014":  # not our own cancel
+                        self.failures.append(f"{exc.sqlstate}: {exc.diag.message_primary}")
+
+    def __enter__(self) -> AnalystMeanwhile:
+        self._thread.start()
+        time.sleep(2.0)  # the query is under way when the worker starts
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        if self._conn is not None:
+            self._conn.cancel_safe(timeout=5)
+        self._thread.join(60)
+
+
+def analyst(
+    base: Settings, preloaded: Settings, count: int, partitions: int, seconds: float
+) -> dict[str, Any]:
+    """The same events into copies of the preloaded database while an analyst's query runs,
+    first on the primary, then on a streaming replica (deploy/local/up --replica)."""
+    batch = events(count, seed=4)
+    topic = f"scale-analyst-{uuid.uuid4().hex[:8]}"
+    create_topic(base.kafka_url, topic, partitions)
+    produce_all(base.kafka_url, topic, batch)
+    figures: dict[str, Any] = {}
+    up = run_up(args=("--replica",))
+    if up.returncode != 0:
+        raise RuntimeError(f"deploy/local/up --replica failed:\n{up.stderr[-3000:]}")
+    try:
+        replica_url = parse_exports(up.stdout)["PME_REPORT_DATABASE_URL"]
+        on_replica = urlunsplit(urlsplit(replica_url)._replace(path=f"/{preloaded.db_name}"))
+        for label, conninfo in (("primary", preloaded.conninfo()), ("replica", on_replica)):
+            target = clone_database(preloaded, f"pme_scale_analyst_{label}")
+            with AnalystMeanwhile(conninfo, seconds) as query:
+                run = end_to_end(target, topic, count, 1, timeout_s=900)
+            drop_database(base.conninfo(), target.db_name)
+            figures[label] = {
+                "events_per_s": run["events_per_s"],
+                "analyst_queries_completed": query.completed,
+                "analyst_query_failures": query.failures,
+            }
+            print(
+                f"  analyst on the {label}: {run['events_per_s']:>9,.0f} events/s"
+                f" ({query.completed} queries completed, {len(query.failures)} failed)",
+                flush=True,
+            )
+    finally:
+        subprocess.run([str(DOWN), "replica"], capture_output=True, timeout=120)
     return figures
 
 
@@ -477,7 +568,8 @@ def clone_database(source: Settings, name: str) -> Settings:
         source.replace(db_name="postgres", database_url=None).conninfo(), autocommit=True
     ) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source.db_name}"')
+        # FILE_COPY: a few WAL records rather than the whole copy, which a replica would replay.
+        c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source.db_name}" STRATEGY FILE_COPY')
     return source.replace(db_name=name, database_url=None)
 
 
@@ -492,6 +584,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--rate", type=int, default=5_000, help="events/s of the latency runs")
     parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--analyst-seconds",
+        type=float,
+        default=120.0,
+        help="how long the analyst's query may run beside the worker, on the primary then on a replica; 0: skip",
+    )
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--plot", dest="plot_path")
     parser.add_argument(
@@ -502,10 +600,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("every size, --partitions and --rate must be positive")
     if args.latency_seconds <= 0:
         parser.error("--latency-seconds must be positive")
+    if args.analyst_seconds < 0:
+        parser.error("--analyst-seconds must be 0 (skip) or positive")
     seed_events = SEED_EVENTS
     if args.quick:
         args.preload_rows, args.events, args.soak_events, args.soak_step = 200_000, 20_000, 40_000, 10_000
         args.rate, args.latency_seconds, seed_events = 500, 2.0, 20_000
+        args.analyst_seconds = min(args.analyst_seconds, 10.0)
 
     base = Settings.from_env(stack_env())
     results: dict[str, Any] = {}
@@ -541,6 +642,13 @@ def main(argv: list[str] | None = None) -> int:
         top["preloaded_refreshing"]["events_per_s"] / top["preloaded"]["events_per_s"]
     )
     results["preloaded_ratio_to_pg_ceiling"] = top["preloaded"]["ratio_to_pg_ceiling"]
+    if args.analyst_seconds > 0:
+        seen = analyst(base, preloaded, args.events, args.partitions, args.analyst_seconds)
+        results["analyst"] = seen
+        for where in ("primary", "replica"):
+            results[f"analyst_on_{where}_to_plain_throughput"] = (
+                seen[where]["events_per_s"] / top["preloaded"]["events_per_s"]
+            )
     results["empty_ratio_to_pg_ceiling"] = top["empty"]["ratio_to_pg_ceiling"]
 
     soak_db = fresh_database(base, "pme_scale_soak")
@@ -572,6 +680,8 @@ def main(argv: list[str] | None = None) -> int:
     headline = (
         "preloaded_to_empty_ratio",
         "refreshing_to_plain_throughput",
+        "analyst_on_primary_to_plain_throughput",
+        "analyst_on_replica_to_plain_throughput",
         "soak_last_to_first_throughput",
         "soak_rss_growth",
         "soak_peak_rss_mb",
@@ -580,7 +690,8 @@ def main(argv: list[str] | None = None) -> int:
         "soak_events_per_s",
     )
     for key in headline:
-        print(f"  {key:<32} {results[key]:,.3f}")
+        if key in results:
+            print(f"  {key:<32} {results[key]:,.3f}")
     for phase in ("soak_latency_start", "soak_latency_end"):
         r = results[phase]
         print(

@@ -187,6 +187,8 @@ SCALE_REQUIRED = (
     "soak_peak_rss_mb",
     "max_dead_tuple_share",
     "soak_wal_bytes_per_event",
+    "analyst_on_primary_to_plain_throughput",
+    "analyst_on_replica_to_plain_throughput",
 )
 
 
@@ -216,7 +218,12 @@ def test_scale_quick_run_reports_every_figure(stack: Stack, tmp_path: Path) -> N
 
 
 def test_scale_bad_arguments_are_refused(stack: Stack) -> None:
-    for args in (["--preload-rows", "0"], ["--latency-seconds", "-1"], ["--soak-events", "many"]):
+    for args in (
+        ["--preload-rows", "0"],
+        ["--latency-seconds", "-1"],
+        ["--soak-events", "many"],
+        ["--analyst-seconds", "-5"],
+    ):
         proc = subprocess.run(
             [sys.executable, str(REPO / "benchmarks" / "scale.py"), *args],
             capture_output=True,
