@@ -143,7 +143,7 @@ def test_consumer_side_harness_reports_three_costs_per_event() -> None:
     )
     assert done.returncode == 0, done.stderr
     costs = [float(line.split()[-2]) for line in done.stdout.splitlines() if line.endswith("us/event")]
-    assert len(costs) == 3 and all(c > 0 for c in costs)
+    assert len(costs) == 4 and all(c > 0 for c in costs)
     bad = subprocess.run(
         [sys.executable, script, "--orders", "0"], capture_output=True, text=True, timeout=60
     )
