@@ -163,6 +163,15 @@ _CHILD_FIELDS: dict[str, list[tuple[str, int]]] = {
 PARENT_TABLES: frozenset[str] = frozenset(_PARENT_KEY_FIELD)
 
 
+def row_field(text: str, index: int) -> str:
+    """Field ``index`` of a row's COPY text, without splitting the rest of the row."""
+    start = -1
+    for _ in range(index):
+        start = text.index("\t", start + 1)
+    end = text.find("\t", start + 1)
+    return text[start + 1 : end if end >= 0 else len(text)]
+
+
 @dataclass
 class TableRows:
     """One table's staging rows as COPY text, ready to send: seq, src_partition, src_offset, ts, columns.
@@ -313,7 +322,13 @@ class Batch:
                 keys = parent_keys.get(spec.table)
                 if keys is None:
                     keys = parent_keys[spec.table] = set()
-                keys.add(text.split("\t", _PARENT_KEY_FIELD[spec.table] + 1)[_PARENT_KEY_FIELD[spec.table]])
+                position = _PARENT_KEY_FIELD[spec.table]
+                if position == 1:  # the key first, as in every parent table now: no loop
+                    start = text.index("\t") + 1
+                    end = text.find("\t", start)
+                    keys.add(text[start : end if end >= 0 else len(text)])
+                else:
+                    keys.add(row_field(text, position))
             buf = tables.get(spec.table)
             if buf is None:
                 buf = tables[spec.table] = TableRows(spec)
@@ -353,28 +368,46 @@ class Batch:
         if not any(pending.values()):
             return 0
         held = 0
+        encoded: dict[str, set[bytes]] = {}
         for table, fields in _CHILD_FIELDS.items():
             rows = self.tables.get(table)
             if rows is None:
                 continue
-            checks = [(pending[parent], field) for parent, field in fields if pending.get(parent)]
+            checks = []
+            for parent, position in fields:
+                if pending.get(parent):
+                    if parent not in encoded:
+                        encoded[parent] = {key.encode() for key in pending[parent]}
+                    # In a staging line, seq, partition and offset come before the row's text.
+                    checks.append((encoded[parent], position + 3))
             if not checks:
                 continue
             last = max(field for _, field in checks)
+            lines = bytes(rows.copy_data).split(b"\n")
+            holding = [
+                seq
+                for seq, parts in enumerate(line.split(b"\t", last + 1) for line in lines[: len(rows)])
+                if any(parts[field] in keys for keys, field in checks)
+            ]
+            if not holding:
+                continue
             kept = TableRows(rows.spec)
+            held_seqs = set(holding)
             for seq, (partition, offset, key, value) in enumerate(rows.sources):
-                text = rows.row_text(seq)
-                parts = text.split("\t", last + 1)
-                if any(parts[field] in keys for keys, field in checks):
+                line = lines[seq]
+                if seq in held_seqs:
+                    text = line.split(b"\t", 3)[3].decode()
                     times = self.times_carried.get((partition, offset), 0)
                     self.held.append(Orphan(table, partition, offset, key, value, text, times))
-                    held += 1
                 else:
-                    kept.add(partition, offset, key, value, text)
-            if not kept:
-                del self.tables[table]
-            elif len(kept) < len(rows):
+                    kept.starts.append(len(kept.copy_data))
+                    kept.copy_data += b"%d%s\n" % (len(kept.sources), line[line.index(b"\t") :])
+                    kept.sources.append((partition, offset, key, value))
+            held += len(holding)
+            if kept.sources:
                 self.tables[table] = kept
+            else:
+                del self.tables[table]
         return held
 
     def age_s(self) -> float:

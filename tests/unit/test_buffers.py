@@ -4,7 +4,7 @@ from typing import Any
 
 import orjson
 
-from pme_exporter.buffers import Batch, Orphan
+from pme_exporter.buffers import Batch, Orphan, row_field
 from pme_exporter.decode import Decoder
 from pme_exporter.schema import TABLES, TableSpec
 from tests.fakes import FakeMessage
@@ -228,3 +228,8 @@ def test_children_of_parents_other_lanes_have_not_written_are_held_back_unstaged
     assert [s[1] for s in children.tables["order_acks"].sources] == [14]
     assert len(children.tables["holidays"]) == 1
     assert children.hold_children({}) == 0 and children.hold_children({"trades": set()}) == 0
+
+
+def test_a_parent_key_is_read_from_any_field_of_the_row_text() -> None:
+    assert [row_field("ts\ta\tb\tc", i) for i in (1, 2, 3)] == ["a", "b", "c"]
+    assert row_field("ts\t\t\\N", 1) == "" and row_field("ts\t\t\\N", 2) == "\\N"
