@@ -105,7 +105,7 @@ class Settings:
     flush_linger_ms: int = setting(20, "PME_FLUSH_LINGER_MS", int)
     # Database connections that flush at once, each for its own share of the partitions.
     # On 2 shared cores lanes 1 and 2 are within a few percent of each other from run to run
-    # (docs/performance.md, scaling table); 2 lets a second worker's share overlap.
+    # (docs/performance.md, scaling table).
     flush_lanes: int = setting(2, "PME_FLUSH_LANES", int)
     # Events buffered in all lanes' batches, beside the one batch per lane being
     # written. With N = 30000, a bound of 30000 held peak RSS on a 1M backlog
