@@ -43,6 +43,14 @@ def _lower(raw: str) -> str:
     return raw.strip().lower()
 
 
+def _url_conninfo(url: str, variable: str) -> str:
+    """A ``postgresql://`` URL as a libpq connection string with the worker's bounds."""
+    try:
+        return make_conninfo(url, **_CONNECTION_BOUNDS)
+    except Exception as exc:
+        raise ConfigError(f"{variable}: cannot be parsed as a PostgreSQL URL") from exc
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0 or value == float("inf"):  # also refuses nan
@@ -241,30 +249,20 @@ class Settings:
                 VARIABLE_OF["kafka_sasl_mechanism"],
                 f"must be one of {', '.join(_SASL_MECHANISMS)} when KAFKA_SECURITY_PROTOCOL is SASL_*",
             )
-        if self.database_url is not None:
-            parts = urlsplit(self.database_url)
-            _check(
-                parts.scheme in ("postgres", "postgresql"),
-                VARIABLE_OF["database_url"],
-                "must start with postgresql:// (the value is not shown: it may hold a password)",
-            )
-            _check_connection_options(self.conninfo(), VARIABLE_OF["database_url"])
-        if self.report_database_url is not None:
-            parts = urlsplit(self.report_database_url)
-            _check(
-                parts.scheme in ("postgres", "postgresql"),
-                VARIABLE_OF["report_database_url"],
-                "must start with postgresql:// (the value is not shown: it may hold a password)",
-            )
-            _check_connection_options(self.report_conninfo(), VARIABLE_OF["report_database_url"])
+        for attr in ("database_url", "report_database_url"):
+            url = getattr(self, attr)
+            if url is not None:
+                _check(
+                    urlsplit(url).scheme in ("postgres", "postgresql"),
+                    VARIABLE_OF[attr],
+                    "must start with postgresql:// (the value is not shown: it may hold a password)",
+                )
+                _check_connection_options(_url_conninfo(url, VARIABLE_OF[attr]), VARIABLE_OF[attr])
 
     def conninfo(self) -> str:
         """The libpq connection string; contains the password, so never log it."""
         if self.database_url is not None:
-            try:
-                return make_conninfo(self.database_url, **_CONNECTION_BOUNDS)
-            except Exception as exc:
-                raise ConfigError("DATABASE_URL: cannot be parsed as a PostgreSQL URL") from exc
+            return _url_conninfo(self.database_url, VARIABLE_OF["database_url"])
         return make_conninfo(
             host=self.db_host,
             port=self.db_port,
@@ -281,10 +279,7 @@ class Settings:
         """Where reports are read: PME_REPORT_DATABASE_URL, else the worker's database."""
         if self.report_database_url is None:
             return self.conninfo()
-        try:
-            return make_conninfo(self.report_database_url, **_CONNECTION_BOUNDS)
-        except Exception as exc:
-            raise ConfigError("PME_REPORT_DATABASE_URL: cannot be parsed as a PostgreSQL URL") from exc
+        return _url_conninfo(self.report_database_url, VARIABLE_OF["report_database_url"])
 
     def check_files(self) -> None:
         """Every certificate and key file named is there and readable; else a ConfigError
