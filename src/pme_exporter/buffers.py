@@ -297,7 +297,9 @@ class Batch:
             return
         if self.started_at is None:
             self.started_at = self.clock()
-        decode = self.decoder.decode_envelope
+        decode = self.decoder.decode_event
+        stored_key = self.decoder.stored_key
+        collapse = self.collapse
         tables = self.tables
         next_offsets = self.next_offsets
         by_type = self.events_by_type
@@ -311,7 +313,7 @@ class Batch:
                 self.tombstones += 1
                 continue
             try:
-                spec, text, envelope = decode(value)
+                spec, text, ts, key = decode(value)
             except Exception as exc:
                 self.dead_letters.append(dead_letter_for(exc, partition, offset, msg.key(), value))
                 # A value its column cannot hold still came in an event of a known type.
@@ -332,9 +334,8 @@ class Batch:
             buf = tables.get(spec.table)
             if buf is None:
                 buf = tables[spec.table] = TableRows(spec)
-            if spec.collapsible and self.collapse:
-                entity = self.decoder.stored_key(spec, envelope["data"])
-                buf.add_version(partition, offset, msg.key(), value, text, entity, envelope["ts"])
+            if collapse and spec.collapsible:
+                buf.add_version(partition, offset, msg.key(), value, text, stored_key(spec, key), ts)
             else:
                 buf.add(partition, offset, msg.key(), value, text)
         self.size += len(messages)

@@ -5,8 +5,8 @@ from typing import Any
 import orjson
 
 from pme_exporter.buffers import Batch, Orphan, row_field
-from pme_exporter.decode import Decoder
-from pme_exporter.schema import TABLES, TableSpec
+from pme_exporter.decode import Decoded, Decoder
+from pme_exporter.schema import TABLES
 from tests.fakes import FakeMessage
 
 
@@ -73,10 +73,10 @@ def test_carried_orphans_become_rows_and_keep_the_previous_batch_end() -> None:
 class _BrokenOnSeven(Decoder):
     """A decoder with a bug that only one message meets."""
 
-    def decode_envelope(self, value: bytes) -> tuple[TableSpec, str, dict[str, Any]]:
+    def decode_event(self, value: bytes) -> Decoded:
         if b'"nid":7' in value:
             raise RecursionError("maximum recursion depth exceeded")
-        return super().decode_envelope(value)
+        return super().decode_event(value)
 
 
 def test_an_unexpected_decoder_failure_is_one_dead_letter_and_the_rest_lands() -> None:

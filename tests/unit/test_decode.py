@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pme_exporter.decode import Decoder, copy_fields
+from pme_exporter.decode import Decoded, Decoder, copy_fields
+from pme_exporter.devtools.generator import trading_day
 from pme_exporter.errors import DecodeError, ValueRefused
 from pme_exporter.schema import BY_EVENT_TYPE, BY_TABLE, TABLES
 from tests.corpus import DATABASE_CASES, DECODE_CASES, TS, encode
@@ -211,3 +213,63 @@ def test_fit_follows_postgresqls_rules(data: dict[str, object], fits: bool) -> N
     else:
         with pytest.raises(ValueRefused):
             decoder.decode(value)
+
+
+# JSON texts of values a field may meet, valid and not, spelled as a producer could: the two
+# passes must agree on every one of them, in any field of any event type.
+_VALUE_TEXTS = [
+    *("null", "true", "false", "0", "-0", "7", "1.0", "1e3", "1.5", "-1", "1e400", "[]", "{}", "[1]"),
+    *("9223372036854775807", "9223372036854775808", "-9223372036854775809", "2147483648"),
+    *("123456789012345678901234567890", '"123456789012345678901234567890"'),
+    *('""', '"7"', '"007"', '"-7"', '" 7"', '"7 "', '"1.50"', '"1e2"', '"NaN"', '"infinity"', '"today"'),
+    *('"9999999999999.995"', '"9999999999999.994"', '"0.0000005"', '"LEND"', '"LEND   "', '"LEND  x"'),
+    *('"2025-11-29"', '"2025-02-29"', '"2024-02-29"', '"0000-01-01"', '"09:00:00"', '"24:00:00"'),
+    *('"2025-11-29T09:00:00Z"', '"2025-11-29t09:00:00.123456789z"', '"2025-02-30T09:00:00Z"'),
+    *('"2025-11-29 09:00:00+07:00"', '"2025-11-29T09:00:00"', '"allballs"', '"P\\\\1\\t2"'),
+    *('"a\\u0000b"', '"\\ud800"', '"\\u00e9t\\u00e9"', '"x' + "y" * 60 + '"', '"\\n"', "9" * 5000),
+]
+# Bytes no str encodes to: invalid UTF-8, an encoded surrogate.
+_VALUE_BYTES = [t.encode() for t in _VALUE_TEXTS] + [b'"\xff"', b'"\xed\xa0\x80"', b'["\xc3"]']
+_FIELD_NAMES = sorted({c.name for spec in TABLES for c in spec.columns} | {"extra"})
+_TS_TEXTS = ['"2025-11-29T09:00:00.200+07:00"', '"2025-11-29T09:00:00Z"', '"2025-02-30T00:00:00Z"', "5"]
+
+
+@st.composite
+def _messages(draw: st.DrawFn) -> bytes:
+    """An envelope written field by field, so keys may repeat, be missing or come in any order."""
+    data = b",".join(
+        b'"%s":%s' % (draw(st.sampled_from(_FIELD_NAMES)).encode(), draw(st.sampled_from(_VALUE_BYTES)))
+        for _ in range(draw(st.integers(0, 8)))
+    )
+    fields = [
+        b'"type":"%s"' % draw(st.sampled_from([*BY_EVENT_TYPE, "Settlement"])).encode(),
+        b'"ts":%s' % draw(st.sampled_from(_TS_TEXTS)).encode(),
+        b'"data":' + draw(st.sampled_from([b"{%s}" % data, b"null", b"[%s]" % data])),
+    ]
+    fields += draw(
+        st.lists(st.sampled_from([b'"type":"Order"', b'"ts":"2025-01-01T00:00:00Z"', b'"x":1']), max_size=2)
+    )
+    return b"{" + b",".join(draw(st.permutations(fields))) + b"}"
+
+
+def _outcome(decode: Callable[[bytes], object], value: bytes) -> object:
+    try:
+        return decode(value)
+    except DecodeError as exc:
+        return (type(exc), exc.reason, exc.detail)
+
+
+@settings(max_examples=2000)
+@given(_messages())
+def test_the_compiled_first_pass_and_the_checked_pass_decide_every_message_alike(value: bytes) -> None:
+    assert _outcome(decoder.decode_event, value) == _outcome(decoder._checked, value)
+
+
+def test_the_first_pass_takes_every_valid_event_of_a_trading_day() -> None:
+    class CheckedPassRefused(Decoder):
+        def _checked(self, value: bytes) -> Decoded:
+            raise AssertionError(f"the first pass left this to the checked pass: {value!r}")
+
+    first_pass_only, values = CheckedPassRefused(), [v for _, v in trading_day(300, seed=3) if v is not None]
+    assert [first_pass_only.decode_event(v) for v in values] == [decoder._checked(v) for v in values]
+    assert {spec.table for spec, *_ in map(decoder.decode_event, values)} >= {"orders", "trades", "contracts"}
