@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Protocol
 
 from pme_exporter.decode import Decoder, compare_instants, escape
@@ -214,7 +215,8 @@ class TableRows:
         if order > 0 or (order == 0 and (partition, offset) > self.sources[current][:2]):
             self.winners[entity] = seq
             self.winner_ts[entity] = ts
-        if compare_instants(ts, self.least[entity]) < 0:
+        # Past the newest, a version is past the least too: only an older one can be least.
+        if order < 0 and compare_instants(ts, self.least[entity]) < 0:
             self.least[entity] = ts
 
     @property
@@ -298,12 +300,13 @@ class Batch:
         if self.started_at is None:
             self.started_at = self.clock()
         decode = self.decoder.decode_event
-        stored_key = self.decoder.stored_key
         collapse = self.collapse
         tables = self.tables
         next_offsets = self.next_offsets
         by_type = self.events_by_type
         track, parent_keys = self.track_parents, self.parent_keys
+        # Events are counted by type from the rows each table gained: one table per type.
+        rows_before = {table: len(rows) for table, rows in tables.items()}
         for msg in messages:
             partition = msg.partition()
             offset = msg.offset()
@@ -319,7 +322,6 @@ class Batch:
                 # A value its column cannot hold still came in an event of a known type.
                 by_type[BY_TABLE[exc.table].event_type if isinstance(exc, ValueRefused) else "invalid"] += 1
                 continue
-            by_type[spec.event_type] += 1
             if track and spec.table in PARENT_TABLES:
                 keys = parent_keys.get(spec.table)
                 if keys is None:
@@ -335,9 +337,13 @@ class Batch:
             if buf is None:
                 buf = tables[spec.table] = TableRows(spec)
             if collapse and spec.collapsible:
-                buf.add_version(partition, offset, msg.key(), value, text, stored_key(spec, key), ts)
+                buf.add_version(partition, offset, msg.key(), value, text, key, ts)
             else:
                 buf.add(partition, offset, msg.key(), value, text)
+        for table, rows in tables.items():
+            gained = len(rows) - rows_before.get(table, 0)
+            if gained:
+                by_type[rows.spec.event_type] += gained
         self.size += len(messages)
         self.newest_event_ms = max(self.newest_event_ms, messages[-1].timestamp()[1])
 
@@ -385,30 +391,45 @@ class Batch:
                 continue
             last = max(field for _, field in checks)
             lines = bytes(rows.copy_data).split(b"\n")
-            holding = [
-                seq
-                for seq, parts in enumerate(line.split(b"\t", last + 1) for line in lines[: len(rows)])
-                if any(parts[field] in keys for keys, field in checks)
-            ]
+            split = (line.split(b"\t", last + 1) for line in lines[: len(rows)])
+            # Spelled out for one parent and for two: a generator per row cost as much as the split.
+            if len(checks) == 1:
+                ((keys, at),) = checks
+                holding = [seq for seq, parts in enumerate(split) if parts[at] in keys]
+            elif len(checks) == 2:
+                (keys, at), (other_keys, other_at) = checks
+                holding = [
+                    seq
+                    for seq, parts in enumerate(split)
+                    if parts[at] in keys or parts[other_at] in other_keys
+                ]
+            else:
+                holding = [
+                    seq for seq, parts in enumerate(split) if any(parts[at] in keys for keys, at in checks)
+                ]
             if not holding:
                 continue
-            kept = TableRows(rows.spec)
-            held_seqs = set(holding)
-            for seq, (partition, offset, key, value) in enumerate(rows.sources):
-                line = lines[seq]
-                if seq in held_seqs:
-                    text = line.split(b"\t", 3)[3].decode()
-                    times = self.times_carried.get((partition, offset), 0)
-                    self.held.append(Orphan(table, partition, offset, key, value, text, times))
-                else:
-                    kept.starts.append(len(kept.copy_data))
-                    kept.copy_data += b"%d%s\n" % (len(kept.sources), line[line.index(b"\t") :])
-                    kept.sources.append((partition, offset, key, value))
+            for seq in holding:
+                partition, offset, key, value = rows.sources[seq]
+                text = lines[seq].split(b"\t", 3)[3].decode()
+                times = self.times_carried.get((partition, offset), 0)
+                self.held.append(Orphan(table, partition, offset, key, value, text, times))
             held += len(holding)
-            if kept.sources:
-                self.tables[table] = kept
-            else:
+            held_seqs = set(holding)
+            keeping = [seq for seq in range(len(rows)) if seq not in held_seqs]
+            if not keeping:
                 del self.tables[table]
+                continue
+            # Renumbered: a kept row's seq is its index in the kept sources.
+            kept_lines = [
+                b"%d%s\n" % (new_seq, (line := lines[seq])[line.index(b"\t") :])
+                for new_seq, seq in enumerate(keeping)
+            ]
+            kept = TableRows(rows.spec)
+            kept.copy_data = bytearray(b"".join(kept_lines))
+            kept.starts = array("q", accumulate(map(len, kept_lines[:-1]), initial=0))
+            kept.sources = [rows.sources[seq] for seq in keeping]
+            self.tables[table] = kept
         return held
 
     def age_s(self) -> float:

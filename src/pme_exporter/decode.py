@@ -34,6 +34,7 @@ can hold them.
 from __future__ import annotations
 
 import json
+import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -382,7 +383,8 @@ def compile_row_codec(spec: TableSpec, column_types: Mapping[str, str] | None = 
     return codec
 
 
-# (the table, its row's COPY text, the event's ts, its key field as the message gives it or None)
+# (the table, its row's COPY text, the event's ts, its key as the table will hold it
+# (``Decoder.stored_key``) or None for a table without one)
 Decoded = tuple[TableSpec, str, str, Any]
 
 # The JSON types each kind may arrive as, for the compiled first pass (``Decoder``): whatever
@@ -417,6 +419,22 @@ def _first_pass_envelope(spec: TableSpec) -> type[msgspec.Struct]:
     )
 
 
+def _unchanged(key: Any) -> Any:
+    return key
+
+
+def _stored_key_of(spec: TableSpec, live_type: str) -> Callable[[Any], Any]:
+    """``Decoder.stored_key`` for one table: ``int`` for an integer key; for a VARCHAR(n) key
+    (``live_type``, else the design's), the first n characters: past them, a valid value
+    holds only the trailing spaces PostgreSQL cuts."""
+    if spec.key_kind is Kind.INTEGER:
+        return int
+    limit = declared_limits(live_type or next(c.sql_type for c in spec.columns if c.name == spec.key))[0]
+    if limit is None:
+        return _unchanged
+    return operator.itemgetter(slice(None, limit))
+
+
 class Decoder:
     """Table-driven decoder over ``schema.TABLES``; stateless and thread-safe.
 
@@ -443,40 +461,35 @@ class Decoder:
         }
         envelopes = {spec.event_type: _first_pass_envelope(spec) for spec in BY_EVENT_TYPE.values()}
         self._first_pass = msgspec.json.Decoder(Union[tuple(envelopes.values())])  # noqa: UP007
-        self._first_pass_plans: dict[type, tuple[TableSpec, RowCodec, int | None]] = {
-            envelope: (
-                spec,
-                codec,
-                spec.column_names.index(spec.key) if spec.key is not None else None,
-            )
-            for event_type, envelope in envelopes.items()
-            for spec, codec, _ in (self._plans[event_type],)
-        }
-        # Characters a TEXT key column holds, by table: longer keys are stored cut.
-        self._key_chars: dict[str, int | None] = {
-            spec.table: declared_limits(
-                types.get(spec.table, {}).get(spec.key, "")
-                or next(c.sql_type for c in spec.columns if c.name == spec.key)
-            )[0]
+        # How a valid key field becomes the key its table holds, by table (``stored_key``).
+        self._stored: dict[str, Callable[[Any], Any]] = {
+            spec.table: _stored_key_of(spec, types.get(spec.table, {}).get(spec.key, ""))
             for spec in BY_EVENT_TYPE.values()
             if spec.key is not None
         }
+        self._first_pass_plans: dict[type, tuple[TableSpec, RowCodec, int | None, Callable[[Any], Any]]] = {
+            envelope: (
+                spec,
+                self._plans[event_type][1],
+                spec.column_names.index(spec.key) if spec.key is not None else None,
+                self._stored.get(spec.table, _unchanged),
+            )
+            for event_type, envelope in envelopes.items()
+            for spec in (BY_EVENT_TYPE[event_type],)
+        }
 
     def stored_key(self, spec: TableSpec, key: Any) -> Any:
-        """The key field of a decoded event (``Decoded``) as its table will hold it, so that
-        two spellings of one stored key are one key: ``"042"`` and ``42`` for an integer key;
-        for a VARCHAR(n) key, the value without the trailing spaces past n that PostgreSQL cuts."""
-        if spec.key_kind is Kind.INTEGER:
-            return int(key)
-        limit = self._key_chars.get(spec.table)
-        return key[:limit] if limit is not None and len(key) > limit else key
+        """An event's valid key field as its table will hold it, so that two spellings of one
+        stored key are one key: ``"042"`` and ``42`` for an integer key; for a VARCHAR(n) key,
+        the value without the trailing spaces past n that PostgreSQL cuts."""
+        return self._stored[spec.table](key)
 
     def decode(self, value: bytes) -> tuple[TableSpec, str]:
         spec, text, _ts, _key = self.decode_event(value)
         return spec, text
 
     def decode_event(self, value: bytes) -> Decoded:
-        """``decode``, with the event's ts and key field too (both validated)."""
+        """``decode``, with the event's ts and stored key too (``Decoded``)."""
         if len(value) > self._max_bytes:
             raise DecodeError(
                 "too_large", f"value is {len(value)} bytes, more than the {self._max_bytes} allowed"
@@ -486,7 +499,7 @@ class Decoder:
             raise DecodeError("too_deep", f"value nests arrays or objects deeper than {MAX_DEPTH} levels")
         try:
             envelope = self._first_pass.decode(value)
-            spec, codec, key_at = self._first_pass_plans[type(envelope)]
+            spec, codec, key_at, stored = self._first_pass_plans[type(envelope)]
             ts = envelope.ts
             values = msgspec.structs.astuple(envelope.data)
             key = None if key_at is None else values[key_at]
@@ -494,7 +507,7 @@ class Decoder:
                 escaping = b"\\" in value
                 text = codec(values, ts, escaping, value)
                 if not (escaping and "\x00" in text):
-                    return spec, text, ts, key
+                    return spec, text, ts, None if key is None else stored(key)
         except Exception:  # noqa: S110 - the checked pass below decides, with its own error
             pass
         return self._checked(value)
@@ -532,7 +545,7 @@ class Decoder:
         # PostgreSQL text cannot hold NUL, and one would fail the whole COPY; JSON spells it \u0000.
         if escaping and "\x00" in text:
             raise DecodeError("invalid_value", f"{spec.event_type}: a string contains the NUL character")
-        return spec, text, ts, key
+        return spec, text, ts, None if key is None else self.stored_key(spec, key)
 
 
 def _json_error(value: bytes, exc: orjson.JSONDecodeError) -> str:

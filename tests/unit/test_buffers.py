@@ -212,9 +212,11 @@ def test_children_of_parents_other_lanes_have_not_written_are_held_back_unstaged
             _event("OrderAck", {"order_nid": 5}, 1, 13),
             _event("OrderAck", {"order_nid": 7}, 1, 14),
             _event("Holiday", {"nid": 1}, 1, 15),
+            _event("Contract", {"nid": 4, "trade_nid": 8, "order_nid": 9}, 1, 16),
+            _event("Contract", {"nid": 5, "trade_nid": 8, "order_nid": 10}, 1, 17),
         ]
     )
-    staged_text = {seq: children.tables["contracts"].row_text(seq) for seq in range(3)}
+    staged_text = {seq: children.tables["contracts"].row_text(seq) for seq in range(5)}
     assert children.hold_children(parents.parent_keys) == 3
     assert [(o.table, o.offset, o.times_carried) for o in children.held] == [
         ("contracts", 10, 0),
@@ -223,8 +225,14 @@ def test_children_of_parents_other_lanes_have_not_written_are_held_back_unstaged
     ]
     assert children.held[0].text == staged_text[0] and children.held[1].text == staged_text[1]
     kept = children.tables["contracts"]
-    assert [s[1] for s in kept.sources] == [12] and kept.row_text(0) == staged_text[2]
-    assert bytes(kept.copy_data).startswith(b"0\t1\t12\t")  # renumbered from 0
+    assert [s[1] for s in kept.sources] == [12, 16, 17]
+    assert [kept.row_text(seq) for seq in range(3)] == [staged_text[2], staged_text[3], staged_text[4]]
+    # Renumbered from 0, each line where ``starts`` says.
+    assert [bytes(kept.copy_data[at : at + 8]) for at in kept.starts] == [
+        b"0\t1\t12\t2",
+        b"1\t1\t16\t2",
+        b"2\t1\t17\t2",
+    ]
     assert [s[1] for s in children.tables["order_acks"].sources] == [14]
     assert len(children.tables["holidays"]) == 1
     assert children.hold_children({}) == 0 and children.hold_children({"trades": set()}) == 0
