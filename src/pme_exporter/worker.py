@@ -61,8 +61,8 @@ def tune_malloc() -> bool:
 
     glibc raises the threshold each time a mapped block is freed, up to 32 MiB, so a
     batch's growing COPY buffers soon come from the heap, which fragments and is not
-    given back. Fixed, they are mapped and unmapped whole: on a 10M-event soak the
-    peak RSS stayed 10 to 15 MB lower and stopped creeping after 6M events.
+    given back. Fixed, they are mapped and unmapped whole, and the soak of
+    ``benchmarks/scale.py`` no longer creeps (docs/performance.md).
     """
     try:
         libc = ctypes.CDLL(None)
