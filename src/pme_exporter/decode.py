@@ -109,7 +109,7 @@ def misfit(sqlstate: str, message: str) -> NoReturn:
 
 
 # Days already found in the calendar: timestamps rarely repeat, their days do, and building a
-# date was half the cost of checking a timestamp.
+# date costs more than matching the timestamp's grammar.
 _REAL_DAYS: set[str] = set()
 
 
@@ -440,8 +440,7 @@ class Decoder:
 
     Two passes share each event type's row codec, so every value rule has one
     definition. The first, msgspec's compiled decoding into typed structs, only
-    parses and sorts values by JSON type; it is about twice as fast as building
-    dicts. Any message it does not take, and any message whose row codec raises on
+    parses and sorts values by JSON type, and builds no dicts. Any message it does not take, and any message whose row codec raises on
     it, goes through the checked pass, which decides alone: orjson, then every
     structural check, each with its own error. So the first pass can only speed up a
     message the checked pass accepts, and ``tests/unit/test_decode.py`` shows both
