@@ -94,6 +94,13 @@ RowCodec = Callable[[Sequence[Any], str, bool, bytes], str]
 _MEMO_LIMIT = 65_536
 
 
+def _remember(memo: set[str], value: str) -> None:
+    """Adds a value that passed to its memo, emptied first once it holds ``_MEMO_LIMIT``."""
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo.add(value)
+
+
 class Misfit(Exception):
     """A value of the right shape that its column's type cannot hold (raised inside a row codec;
     the decoder names the table)."""
@@ -122,9 +129,7 @@ def _real_date(v: str) -> bool:
         date(int(v[0:4]), int(v[5:7]), int(v[8:10]))
     except ValueError:
         return False
-    if len(_REAL_DAYS) >= _MEMO_LIMIT:
-        _REAL_DAYS.clear()
-    _REAL_DAYS.add(day)
+    _remember(_REAL_DAYS, day)
     return True
 
 
@@ -138,9 +143,7 @@ def _memoized(
             return False
         if real is not None and not real(v):
             misfit("22008", f'date/time field value out of range: "{v}"')
-        if len(passed) >= _MEMO_LIMIT:
-            passed.clear()
-        passed.add(v)
+        _remember(passed, v)
         return True
 
     return passed, check
@@ -249,9 +252,7 @@ def _numeric_fit(precision: int, scale: int) -> Callable[[str], bool]:
         except InvalidOperation:  # too many digits to even round: it does not fit
             return False
         if ok:
-            if len(fitting) >= _MEMO_LIMIT:
-                fitting.clear()
-            fitting.add(v)
+            _remember(fitting, v)
         return ok
 
     return fits
@@ -440,11 +441,12 @@ class Decoder:
 
     Two passes share each event type's row codec, so every value rule has one
     definition. The first, msgspec's compiled decoding into typed structs, only
-    parses and sorts values by JSON type, and builds no dicts. Any message it does not take, and any message whose row codec raises on
-    it, goes through the checked pass, which decides alone: orjson, then every
-    structural check, each with its own error. So the first pass can only speed up a
-    message the checked pass accepts, and ``tests/unit/test_decode.py`` shows both
-    give the same row for any input.
+    parses and sorts values by JSON type, and builds no dicts. Any message it does
+    not take, and any message whose row codec raises on it, goes through the checked
+    pass, which decides alone: orjson, then every structural check, each with its
+    own error. So the first pass can only speed up a message the checked pass
+    accepts, and ``tests/unit/test_decode.py`` shows both give the same row for any
+    input.
     """
 
     def __init__(
